@@ -1,0 +1,85 @@
+"""Every hyperparameter of the project and its default, as plain dataclasses.
+
+A checkpoint stores ``asdict(config)`` and rebuilds the config from it; nothing else in
+the package defines a default for these values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class DataConfig:
+    # Which corpus: a registered name (see `seq2seq data list`), or a user's files
+    # (one TSV, or two line-aligned files, plain or .gz).
+    corpus: str = "multi30k"
+    files: tuple[str, ...] = ()
+    src: str = ""
+    tgt: str = ""
+    data_dir: str = ""  # empty: $SEQ2SEQ_DATA, else ./data
+    skip_bad: bool = False  # skip and count malformed TSV lines instead of failing
+
+    # Normalization (Unicode NFC and whitespace cleanup always happen).
+    lowercase: bool = False
+    ascii_fold: bool = False
+
+    # Filters on the training split, lengths in whitespace-separated words.
+    min_len: int = 1
+    max_len: int = 0  # 0: no maximum
+    max_ratio: float = 0.0  # 0: no ratio filter
+    dedup: bool = False
+
+    # Deterministic split for corpora that have none (Tatoeba, a user's single file).
+    val_size: int = 1000
+    test_size: int = 1000
+
+    # Synthetic tasks (corpus "copy", "reverse" or "sort").
+    synthetic_symbols: int = 20
+    synthetic_min_len: int = 3
+    synthetic_max_len: int = 12
+    synthetic_train_size: int = 20000
+    synthetic_eval_size: int = 1000
+    synthetic_seed: int = 1234
+
+    # Tokenization.
+    tokenizer: str = "sentencepiece"  # "sentencepiece" or "word"
+    sp_model_type: str = "bpe"  # "bpe" or "unigram"
+    joint_vocab: bool = True
+    vocab_size: int = 8000
+    min_freq: int = 2  # word tokenizer: rarer words become <unk>
+
+    # Batching.
+    max_tokens: int = 4096  # padded tokens per batch (0: use batch_size)
+    batch_size: int = 0  # sentences per batch, when max_tokens is 0
+    bucket_pool: int = 100  # sort this many batches' worth of pairs by length at a time
+    shuffle_seed: int = 1
+
+
+def check_choices(config: object, choices: dict[str, tuple[str, ...]]) -> None:
+    """Raise ValueError naming the field when a string option is not one of its choices."""
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            raise ValueError(
+                f"{type(config).__name__}.{name}={value!r} is not valid; choose one of "
+                + ", ".join(repr(a) for a in allowed)
+            )
+
+
+def validate_data_config(cfg: DataConfig) -> None:
+    check_choices(cfg, {"tokenizer": ("sentencepiece", "word"), "sp_model_type": ("bpe", "unigram")})
+    for name in ("min_len", "max_len", "val_size", "test_size", "vocab_size", "min_freq",
+                 "max_tokens", "batch_size", "bucket_pool"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"DataConfig.{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.max_tokens == 0 and cfg.batch_size == 0:
+        raise ValueError("set DataConfig.max_tokens (a token budget) or DataConfig.batch_size (sentences)")
+    if cfg.max_len and cfg.max_len < cfg.min_len:
+        raise ValueError(f"DataConfig.max_len={cfg.max_len} is below min_len={cfg.min_len}")
+    if cfg.synthetic_min_len < 1 or cfg.synthetic_max_len < cfg.synthetic_min_len:
+        raise ValueError("synthetic lengths need 1 <= synthetic_min_len <= synthetic_max_len")
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
