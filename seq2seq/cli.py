@@ -126,7 +126,9 @@ def cmd_prepare(args) -> int:
         padded = sum(len(b) * (max(len(examples[i][0]) for i in b) + max(len(examples[i][1]) for i in b)) for b in indices)
         print(f"{split:18} {len(examples):>7,} pairs  {len(indices):>5,} batches  "
               f"padding {100 * (1 - real / max(padded, 1)):.1f}% of batch tokens")
-    for src, tgt in train[: args.show]:
+    import random
+
+    for src, tgt in random.Random(0).sample(train, min(args.show, len(train))):
         print(f"\n  {data.src}: {src}\n     {' '.join(tok.src.pieces(src))}\n"
               f"  {data.tgt}: {tgt}\n     {' '.join(tok.tgt.pieces(tgt))}")
     return 0
