@@ -209,25 +209,23 @@ def read_aligned(src_path: Path, tgt_path: Path, report: ReadReport) -> list[Pai
             f"aligned files differ in length: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)}; "
             "line i of one must translate line i of the other"
         )
-    pairs = []
-    for s, t in zip(src, tgt):
-        if not s.strip() or not t.strip():
-            report.empty_skipped += 1
-            continue
-        pairs.append((s, t))
-    report.pairs += len(pairs)
-    return pairs
+    return keep_nonempty(list(zip(src, tgt)), report)
+
+
+def keep_nonempty(pairs: list[Pair], report: ReadReport) -> list[Pair]:
+    """The pairs with text on both sides; the others are counted as skipped."""
+    kept = [(s, t) for s, t in pairs if s.strip() and t.strip()]
+    report.empty_skipped += len(pairs) - len(kept)
+    report.pairs += len(kept)
+    return kept
 
 
 def read_tsv(path: Path, skip_bad: bool, report: ReadReport) -> list[Pair]:
     """Pairs from the first two columns of a TSV file; further columns are ignored."""
     pairs = []
     for lineno, line in enumerate(read_lines(path), 1):
-        if not line.strip():
-            report.empty_skipped += 1
-            continue
         cols = line.split("\t")
-        if len(cols) < 2:
+        if len(cols) < 2 and line.strip():
             if skip_bad:
                 report.bad_skipped += 1
                 continue
@@ -235,13 +233,8 @@ def read_tsv(path: Path, skip_bad: bool, report: ReadReport) -> list[Pair]:
                 f"{path}:{lineno}: no TAB between source and target in {line[:60]!r}; "
                 "fix the line, or pass --skip-bad to skip and count such lines"
             )
-        s, t = cols[0], cols[1]
-        if not s.strip() or not t.strip():
-            report.empty_skipped += 1
-            continue
-        pairs.append((s, t))
-    report.pairs += len(pairs)
-    return pairs
+        pairs.append((cols[0], cols[1] if len(cols) > 1 else ""))
+    return keep_nonempty(pairs, report)
 
 
 # ---------------------------------------------------------------------------------------
