@@ -83,3 +83,52 @@ def validate_data_config(cfg: DataConfig) -> None:
 
 def field_names(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+@dataclass
+class ModelConfig:
+    # "rnn": encoder-decoder with a single fixed context vector (Sutskever/Cho);
+    # "attention": an RNN decoder attending over the encoder outputs;
+    # "transformer": Vaswani et al. (2017), built from its components.
+    family: str = "attention"
+    src_vocab: int = 0  # set from the tokenizer
+    tgt_vocab: int = 0
+    dropout: float = 0.2
+
+    # RNN families.
+    cell: str = "lstm"  # "lstm" or "gru"
+    emb_dim: int = 256
+    hidden: int = 512  # decoder size; a bidirectional encoder uses hidden/2 per direction
+    layers: int = 2
+    bidirectional: bool = False
+    context_feed: bool = False  # rnn: feed the context vector to every decoder step (Cho et al., 2014)
+    attention: str = "bahdanau"  # "bahdanau" (additive) or Luong's "dot", "general", "concat"
+    attention_dim: int = 256  # additive scores (bahdanau, concat)
+    input_feed: bool = True  # Luong: feed the previous attentional vector to the next step
+
+    # Transformer.
+    d_model: int = 256
+    heads: int = 4
+    ff_dim: int = 1024
+    enc_layers: int = 3
+    dec_layers: int = 3
+    norm: str = "pre"  # "pre" or "post" layer normalization
+    positions: str = "sinusoidal"  # or "learned"
+    max_positions: int = 1024
+    tie_embeddings: bool = False  # share the target embedding with the output projection
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    check_choices(cfg, {
+        "family": ("rnn", "attention", "transformer"), "cell": ("lstm", "gru"),
+        "attention": ("bahdanau", "dot", "general", "concat"), "norm": ("pre", "post"),
+        "positions": ("sinusoidal", "learned"),
+    })
+    if cfg.src_vocab <= 4 or cfg.tgt_vocab <= 4:
+        raise ValueError("ModelConfig.src_vocab and tgt_vocab must be set from the tokenizer (more than 4 ids)")
+    if cfg.bidirectional and cfg.hidden % 2:
+        raise ValueError(f"ModelConfig.hidden={cfg.hidden} must be even with a bidirectional encoder")
+    if cfg.d_model % cfg.heads:
+        raise ValueError(f"ModelConfig.d_model={cfg.d_model} must be divisible by heads={cfg.heads}")
+    if not 0 <= cfg.dropout < 1:
+        raise ValueError(f"ModelConfig.dropout={cfg.dropout} must be in [0, 1)")
