@@ -134,6 +134,18 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_train(args, overrides: list[str]) -> int:
+    from seq2seq.train import TrainingError, load_recipe, train
+
+    try:
+        data_cfg, model_cfg, train_cfg = load_recipe(args.recipe, overrides)
+        train(data_cfg, model_cfg, train_cfg, resume=args.resume, progress=not args.quiet)
+    except (ValueError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description="Sequence-to-sequence translation toolkit.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,13 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", required=True, help="folder for the tokenizer and data_config.json")
             p.add_argument("--show", type=int, default=3, help="print this many tokenized training pairs")
             p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = commands.add_parser("train", help="train a model from a recipe; --key=value overrides any config field")
+    p.add_argument("recipe", nargs="?", help="TOML file with [data], [model] and [train] tables")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from seq2seq.data import DataError
 
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if args.command == "train":
+        return cmd_train(args, unknown)
+    if unknown:
+        build_parser().parse_args(argv)  # reports the unrecognized arguments and exits 2
     try:
         return args.func(args)
     except DataError as e:

@@ -132,3 +132,46 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"ModelConfig.d_model={cfg.d_model} must be divisible by heads={cfg.heads}")
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"ModelConfig.dropout={cfg.dropout} must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/model"
+    epochs: int = 10
+    max_steps: int = 0  # 0: no step limit
+    seed: int = 1
+    device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda"
+    bf16: bool = False  # autocast to bfloat16 on CUDA
+
+    optimizer: str = "adam"  # "adam" or "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant", "inverse_sqrt" (with warmup) or "plateau"
+    warmup_steps: int = 4000
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
+    clip_norm: float = 1.0  # 0: no clipping
+    label_smoothing: float = 0.0
+
+    teacher_forcing: float = 1.0  # starting ratio of gold inputs
+    tf_schedule: str = "constant"  # "constant", "linear" or "inverse_sigmoid" decay
+    tf_min: float = 0.0
+    tf_decay_steps: int = 10000  # linear: steps to reach tf_min; inverse_sigmoid: its k
+
+    early_stop_metric: str = "val_loss"  # "val_loss", "val_ppl" or "val_token_acc"
+    patience: int = 5  # epochs without improvement before stopping; 0: never
+    log_every: int = 50  # steps between gradient-norm records in the metrics log
+    samples: int = 3  # sample translations printed after each epoch
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    check_choices(cfg, {
+        "device": ("auto", "cpu", "cuda"), "optimizer": ("adam", "adamw"),
+        "schedule": ("constant", "inverse_sqrt", "plateau"),
+        "tf_schedule": ("constant", "linear", "inverse_sigmoid"),
+        "early_stop_metric": ("val_loss", "val_ppl", "val_token_acc"),
+    })
+    if cfg.lr <= 0:
+        raise ValueError(f"TrainConfig.lr must be > 0, got {cfg.lr}")
+    if not 0 <= cfg.teacher_forcing <= 1 or not 0 <= cfg.tf_min <= 1:
+        raise ValueError("TrainConfig.teacher_forcing and tf_min must be in [0, 1]")

@@ -1,0 +1,84 @@
+import json
+import math
+
+import pytest
+import torch
+
+from seq2seq import train as train_mod
+from seq2seq.cli import main
+from seq2seq.config import TrainConfig
+from seq2seq.train import TrainingError, load_recipe, teacher_forcing_ratio, train
+
+TINY = ["--corpus=reverse", "--tokenizer=word", "--min_freq=1", "--synthetic_train_size=300",
+        "--synthetic_eval_size=40", "--max_tokens=400", "--family=attention", "--attention=general",
+        "--emb_dim=16", "--hidden=32", "--layers=1", "--dropout=0.1", "--samples=1", "--log_every=1"]
+
+
+def run(tmp, *extra, resume=False):
+    data_cfg, model_cfg, train_cfg = load_recipe(None, TINY + [f"--out_dir={tmp}", *extra])
+    return train(data_cfg, model_cfg, train_cfg, resume=resume, log=lambda *_: None, progress=False)
+
+
+def steps(path):
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = run(tmp_path / "a", "--epochs=2")
+    run(tmp_path / "b", "--epochs=1")
+    resumed = run(tmp_path / "b", "--epochs=2", resume=True)
+    a, b = steps(tmp_path / "a" / "metrics.jsonl"), steps(tmp_path / "b" / "metrics.jsonl")
+    first_of_epoch_2 = next(i for i, r in enumerate(a) if r["epoch"] == 2)
+    assert b[first_of_epoch_2]["epoch"] == 2
+    assert b[first_of_epoch_2]["loss"] == a[first_of_epoch_2]["loss"]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert resumed["val_loss"] == straight["val_loss"]
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert ckpt["progress"]["epoch"] == 2 and set(ckpt) >= {"tokenizer", "optimizer", "scheduler", "rng", "model"}
+
+
+def test_training_lowers_validation_loss(tmp_path):
+    first = run(tmp_path, "--epochs=1", "--lr=3e-3")
+    later = run(tmp_path, "--epochs=4", "--lr=3e-3", resume=True)
+    assert later["val_loss"] < first["val_loss"] and math.isfinite(later["val_ppl"])
+    assert (tmp_path / "best.pt").exists()
+    records = steps(tmp_path / "metrics.jsonl")
+    assert "grad_norms" in records[0] and any(k.startswith("encoder") for k in records[0]["grad_norms"])
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+    run(tmp_path, "--epochs=1")
+    real = train_mod.token_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+    monkeypatch.setattr(train_mod, "token_loss", poisoned)
+    with pytest.raises(TrainingError, match=r"loss is nan at step \d+ .*last good checkpoint: .*last\.pt"):
+        run(tmp_path, "--epochs=2", resume=True)
+
+
+def test_teacher_forcing_schedules():
+    cfg = TrainConfig(teacher_forcing=1.0, tf_min=0.2, tf_schedule="linear", tf_decay_steps=100)
+    assert [teacher_forcing_ratio(cfg, s) for s in (0, 50, 100, 500)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    cfg = TrainConfig(tf_schedule="inverse_sigmoid", tf_decay_steps=10)
+    assert teacher_forcing_ratio(cfg, 0) == pytest.approx(10 / 11)
+    assert teacher_forcing_ratio(cfg, 100) == pytest.approx(10 / (10 + math.exp(10)))
+    assert teacher_forcing_ratio(TrainConfig(teacher_forcing=0.5), 10 ** 6) == 0.5
+
+
+def test_recipe_errors_name_the_key(tmp_path, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[model]\nfamily = 'attention'\nhiden = 3\n")
+    with pytest.raises(ValueError, match=r"r\.toml: unknown key 'hiden' in \[model\]"):
+        load_recipe(str(recipe))
+    with pytest.raises(ValueError, match=r"unknown override '--lr-max=3'"):
+        load_recipe(None, ["--lr-max=3"])
+    with pytest.raises(ValueError, match=r"override '--bidirectional=maybe': expected true or false"):
+        load_recipe(None, ["--bidirectional=maybe"])
+    assert main(["train", str(recipe)]) == 2
+    assert "unknown key 'hiden'" in capsys.readouterr().err
+    data, model, tr = load_recipe(None, ["--bidirectional=true", "--lr=5e-4", "--max-len=20"])
+    assert model.bidirectional is True and tr.lr == 5e-4 and data.max_len == 20
