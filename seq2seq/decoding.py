@@ -23,5 +23,5 @@ def greedy_search(model, src, src_lengths, max_len: int) -> list[list[int]]:
         done |= prev == EOS
         if done.all():
             break
-    ids = torch.stack(out, 1).tolist() if out else [[] for _ in range(src.size(0))]
-    return [[t for t in row if t not in (PAD, EOS)][: row.index(EOS) if EOS in row else None] for row in ids]
+    rows = torch.stack(out, 1).tolist() if out else [[] for _ in range(src.size(0))]
+    return [[t for t in (row[: row.index(EOS)] if EOS in row else row) if t != PAD] for row in rows]

@@ -98,7 +98,7 @@ def token_loss(log_probs, gold, label_smoothing: float = 0.0):
     return nll[mask].sum() / mask.sum()
 
 
-def make_scheduler(optimizer, cfg: TrainConfig, d_model: int):
+def make_scheduler(optimizer, cfg: TrainConfig):
     if cfg.schedule == "inverse_sqrt":
         warm = max(cfg.warmup_steps, 1)
         return torch.optim.lr_scheduler.LambdaLR(
@@ -188,7 +188,7 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     model = build_model(model_cfg).to(device)
     opt_cls = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, train_cfg, model_cfg.d_model)
+    scheduler = make_scheduler(optimizer, train_cfg)
     progress_state = {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0}
     if checkpoint:
         model.load_state_dict(checkpoint["model_state"])
