@@ -169,6 +169,12 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         if not path.exists():
             raise TrainingError(f"--resume: no checkpoint at {path}; train without --resume first")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        saved = {"data": checkpoint["data"], "model": checkpoint["model"]}
+        given = {"data": asdict(data_cfg), "model": asdict(model_cfg)}
+        ignored = [f"{k}={given[t][k]!r} (checkpoint: {v!r})" for t in saved for k, v in saved[t].items()
+                   if k not in ("src_vocab", "tgt_vocab") and given[t][k] != v]
+        if ignored:
+            log("warning: --resume keeps the checkpoint's data and model settings; ignored: " + ", ".join(ignored))
         data_cfg, model_cfg = DataConfig(**checkpoint["data"]), ModelConfig(**checkpoint["model"])
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)

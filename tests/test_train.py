@@ -82,3 +82,11 @@ def test_recipe_errors_name_the_key(tmp_path, capsys):
     assert "unknown key 'hiden'" in capsys.readouterr().err
     data, model, tr = load_recipe(None, ["--bidirectional=true", "--lr=5e-4", "--max-len=20"])
     assert model.bidirectional is True and tr.lr == 5e-4 and data.max_len == 20
+
+
+def test_resume_warns_about_ignored_model_settings(tmp_path):
+    run(tmp_path, "--epochs=1")
+    data_cfg, model_cfg, train_cfg = load_recipe(None, TINY + [f"--out_dir={tmp_path}", "--epochs=1", "--hidden=48"])
+    lines = []
+    train(data_cfg, model_cfg, train_cfg, resume=True, log=lines.append, progress=False)
+    assert any("ignored: hidden=48 (checkpoint: 32)" in line for line in lines)
