@@ -143,7 +143,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda"
     bf16: bool = False  # autocast to bfloat16 on CUDA
 
-    optimizer: str = "adam"  # "adam" or "adamw"
+    optimizer: str = "adam"  # "adam", "adamw" or "sgd" (the classic RNN recipes: lr 0.1-1, halved on plateau)
+    momentum: float = 0.0  # sgd only
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "constant"  # "constant", "inverse_sqrt" (with warmup) or "plateau"
@@ -158,19 +159,23 @@ class TrainConfig:
     tf_min: float = 0.0
     tf_decay_steps: int = 10000  # linear: steps to reach tf_min; inverse_sigmoid: its k
 
-    early_stop_metric: str = "val_loss"  # "val_loss", "val_ppl" or "val_token_acc"
+    early_stop_metric: str = "val_loss"  # "val_loss", "val_ppl", "val_token_acc" or "val_bleu"
     patience: int = 5  # epochs without improvement before stopping; 0: never
     log_every: int = 50  # steps between gradient-norm records in the metrics log
     samples: int = 3  # sample translations printed after each epoch
+    val_bleu: bool = True  # greedy-decode the validation split each epoch and score it with sacreBLEU
+    tensorboard: bool = True  # also write TensorBoard logs to out_dir/tensorboard, where it is installed
 
 
 def validate_train_config(cfg: TrainConfig) -> None:
     check_choices(cfg, {
-        "device": ("auto", "cpu", "cuda"), "optimizer": ("adam", "adamw"),
+        "device": ("auto", "cpu", "cuda"), "optimizer": ("adam", "adamw", "sgd"),
         "schedule": ("constant", "inverse_sqrt", "plateau"),
         "tf_schedule": ("constant", "linear", "inverse_sigmoid"),
-        "early_stop_metric": ("val_loss", "val_ppl", "val_token_acc"),
+        "early_stop_metric": ("val_loss", "val_ppl", "val_token_acc", "val_bleu"),
     })
+    if cfg.early_stop_metric == "val_bleu" and not cfg.val_bleu:
+        raise ValueError("TrainConfig.early_stop_metric='val_bleu' needs val_bleu=true")
     if cfg.lr <= 0:
         raise ValueError(f"TrainConfig.lr must be > 0, got {cfg.lr}")
     if not 0 <= cfg.teacher_forcing <= 1 or not 0 <= cfg.tf_min <= 1:

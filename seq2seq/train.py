@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import math
 import random
+import os
 import time
 import tomllib
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import sacrebleu
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from seq2seq.config import DataConfig, ModelConfig, TrainConfig, validate_train_config
@@ -89,13 +92,75 @@ def teacher_forcing_ratio(cfg: TrainConfig, step: int) -> float:
     return cfg.teacher_forcing
 
 
-def token_loss(log_probs, gold, label_smoothing: float = 0.0):
-    """Mean cross-entropy over non-padding target tokens, with optional label smoothing."""
+def token_nll(log_probs, gold, label_smoothing: float = 0.0):
+    """Summed cross-entropy over non-padding target tokens (with optional label smoothing),
+    and the number of those tokens; the caller divides, so that data-parallel processes can
+    divide by the global count."""
     mask = gold != PAD
     nll = -log_probs.gather(-1, gold.unsqueeze(-1)).squeeze(-1)
     if label_smoothing:
         nll = (1 - label_smoothing) * nll - label_smoothing * log_probs.mean(-1)
-    return nll[mask].sum() / mask.sum()
+    return nll[mask].sum(), int(mask.sum())
+
+
+@dataclass
+class Workers:
+    """This process's place among data-parallel training processes (torchrun sets
+    RANK, WORLD_SIZE and LOCAL_RANK). Every process builds the same global batches from the
+    same seed and computes on its own slice of each: sentences rank, rank + world, ..."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, n: int) -> list[int]:
+        return list(range(self.rank, n, self.world))
+
+    def sum(self, values: list[float], device) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def start_workers(device: torch.device) -> tuple[Workers, bool]:
+    """Join the process group torchrun describes; returns (workers, whether we started it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Workers(), False
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Workers(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))), started
+
+
+def make_optimizer(params, cfg: TrainConfig):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(optimizer, cfg: TrainConfig):
@@ -120,19 +185,55 @@ def layer_grad_norms(model) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate_loss(model, batches, device) -> dict[str, float]:
+def evaluate_loss(model, batches, device, workers: Workers = Workers()) -> dict[str, float]:
+    """Teacher-forced validation loss, perplexity and token accuracy (each process
+    scores its slice of every batch; the sums are combined)."""
     model.eval()
     total, tokens, correct = 0.0, 0, 0
     for batch in batches:
-        batch = batch.to(device)
+        rows = workers.rows(len(batch))
+        if not rows:
+            continue
+        batch = (batch.select(rows) if workers.world > 1 else batch).to(device)
         log_probs = model(batch.src, batch.src_lengths, batch.tgt[:, :-1]).float()
         gold = batch.tgt[:, 1:]
         mask = gold != PAD
         total += -log_probs.gather(-1, gold.unsqueeze(-1)).squeeze(-1)[mask].sum().item()
         correct += (log_probs.argmax(-1) == gold)[mask].sum().item()
         tokens += mask.sum().item()
+    total, tokens, correct = workers.sum([total, tokens, correct], device)
     loss = total / max(tokens, 1)
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_token_acc": correct / max(tokens, 1)}
+
+
+@torch.no_grad()
+def validation_bleu(model, batches, tokenizer, pairs, device, workers: Workers = Workers()) -> float:
+    """sacreBLEU corpus BLEU of greedy translations against the detokenized references."""
+    model.eval()
+    hyps: dict[int, str] = {}
+    for batch in batches:
+        rows = workers.rows(len(batch))
+        if not rows:
+            continue
+        batch = (batch.select(rows) if workers.world > 1 else batch).to(device)
+        max_len = int(batch.src_lengths.max()) * 2 + 10
+        for i, ids in zip(batch.indices.tolist(), greedy_search(model, batch.src, batch.src_lengths, max_len)):
+            hyps[i] = tokenizer.tgt.decode(ids)
+    for part in workers.gather(hyps):
+        hyps.update(part)
+    order = sorted(hyps)
+    return sacrebleu.corpus_bleu([hyps[i] for i in order], [[pairs[i][1] for i in order]]).score
+
+
+def tensorboard_writer(cfg: TrainConfig, out: Path, log):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log("note: TensorBoard logs skipped (pip install tensorboard to get them)")
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def rng_states() -> dict:
@@ -153,14 +254,29 @@ def pick_device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise TrainingError("--device=cuda asked for, but torch sees no CUDA device; use --device=cpu")
-        return torch.device("cuda")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def save_checkpoint(ckpt: dict, out: Path, best: bool) -> None:
+    torch.save(ckpt, out / "last.pt.tmp")  # a crash while writing leaves the previous last.pt intact
+    (out / "last.pt.tmp").replace(out / "last.pt")
+    if best:
+        torch.save(ckpt, out / "best.pt")
 
 
 def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
           log=print, progress: bool = True) -> dict:
-    """Train and return the last epoch's metrics; checkpoints go to out_dir/{last,best}.pt."""
+    """Train and return the last epoch's metrics; checkpoints go to out_dir/{last,best}.pt.
+
+    Under torchrun every process runs this function; process 0 alone logs and writes."""
     validate_train_config(train_cfg)
+    device = pick_device(train_cfg)
+    workers, started_group = start_workers(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not workers.main:
+        log, progress = (lambda *_: None), False
     out = Path(train_cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = None
@@ -178,37 +294,46 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         data_cfg, model_cfg = DataConfig(**checkpoint["data"]), ModelConfig(**checkpoint["model"])
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
-    device = pick_device(train_cfg)
 
     data = load_dataset(data_cfg, ["train", "val"])
     for line in data.log:
         log(line)
     if checkpoint:
         tokenizer = PairTokenizer.from_state(checkpoint["tokenizer"])
-    else:
+    elif workers.world == 1:
         tokenizer = PairTokenizer.train(data.splits["train"], data_cfg)
+    else:  # one process trains it, so that every process surely has the same vocabulary
+        state = PairTokenizer.train(data.splits["train"], data_cfg).state() if workers.main else None
+        tokenizer = PairTokenizer.from_state(workers.broadcast(state))
+    if not checkpoint:
         model_cfg.src_vocab, model_cfg.tgt_vocab = tokenizer.src.vocab_size, tokenizer.tgt.vocab_size
     train_batches = BatchIterator(encode_pairs(tokenizer, data.splits["train"]), data_cfg)
     val_batches = BatchIterator(encode_pairs(tokenizer, data.splits["val"]), data_cfg, shuffle=False)
 
-    model = build_model(model_cfg).to(device)
-    opt_cls = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    core = build_model(model_cfg).to(device)
+    optimizer = make_optimizer(core.parameters(), train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg)
     progress_state = {"epoch": 0, "step": 0, "best": None, "bad_epochs": 0}
     if checkpoint:
-        model.load_state_dict(checkpoint["model_state"])
+        core.load_state_dict(checkpoint["model_state"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         progress_state = checkpoint["progress"]
         set_rng_states(checkpoint["rng"])
         log(f"resumed from {out / 'last.pt'} after epoch {progress_state['epoch']}, step {progress_state['step']}")
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"{model_cfg.family} model, {n_params:,} parameters, on {device}; "
+    model = core
+    if workers.world > 1:
+        model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+        # Dropout and sampled teacher forcing differ between processes; the weights do not.
+        torch.manual_seed(train_cfg.seed + 7919 * workers.rank + progress_state["step"])
+    n_params = sum(p.numel() for p in core.parameters())
+    log(f"{model_cfg.family} model, {n_params:,} parameters, on {device}"
+        f"{f' x {workers.world} processes' if workers.world > 1 else ''}; "
         f"{len(data.splits['train']):,} training pairs, vocab {model_cfg.src_vocab:,}/{model_cfg.tgt_vocab:,}")
 
-    metrics_log = open(out / "metrics.jsonl", "a")
-    higher_is_better = train_cfg.early_stop_metric == "val_token_acc"
+    metrics_log = open(out / "metrics.jsonl", "a") if workers.main else None
+    board = tensorboard_writer(train_cfg, out, log) if workers.main else None
+    higher_is_better = train_cfg.early_stop_metric in ("val_token_acc", "val_bleu")
     metrics: dict = {}
     step = progress_state["step"]
     for epoch in range(progress_state["epoch"] + 1, train_cfg.epochs + 1):
@@ -217,68 +342,87 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         bar = tqdm(train_batches, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
         started, tokens, epoch_loss, epoch_tokens = time.perf_counter(), 0, 0.0, 0
         for batch in bar:
-            batch = batch.to(device)
+            rows = workers.rows(len(batch))
+            # A process left without sentences still joins the gradient exchange, with weight 0.
+            weight = 1.0 if rows else 0.0
+            part = (batch.select(rows or [0]) if workers.world > 1 else batch).to(device)
             tf = teacher_forcing_ratio(train_cfg, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_cfg.bf16 and device.type == "cuda"):
-                log_probs = model(batch.src, batch.src_lengths, batch.tgt[:, :-1], teacher_forcing=tf)
-            loss = token_loss(log_probs.float(), batch.tgt[:, 1:], train_cfg.label_smoothing)
-            if not torch.isfinite(loss):
+                log_probs = model(part.src, part.src_lengths, part.tgt[:, :-1], teacher_forcing=tf)
+            nll, n = token_nll(log_probs.float(), part.tgt[:, 1:], train_cfg.label_smoothing)
+            total_nll, total_n = workers.sum([nll.item() * weight, n * weight], device)
+            loss_value = total_nll / max(total_n, 1)
+            if not math.isfinite(loss_value):
                 last = out / "last.pt"
-                raise TrainingError(f"loss is {loss.item()} at step {step + 1} (epoch {epoch}); last good checkpoint: "
+                raise TrainingError(f"loss is {loss_value} at step {step + 1} (epoch {epoch}); last good checkpoint: "
                                     f"{last if last.exists() else 'none yet'}. Lower --lr or set --clip-norm")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DistributedDataParallel averages gradients over processes; scaling by world / total_n
+            # makes the result the gradient of the global batch's mean loss.
+            (nll * (weight * workers.world / total_n)).backward()
             step += 1
-            record = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], "tf": tf}
-            if train_cfg.log_every and step % train_cfg.log_every == 0:
-                record["grad_norms"] = layer_grad_norms(model)
+            record = {"step": step, "epoch": epoch, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"], "tf": tf}
+            if train_cfg.log_every and step % train_cfg.log_every == 0 and workers.main:
+                record["grad_norms"] = layer_grad_norms(core)
                 metrics_log.write(json.dumps(record) + "\n")
+                for layer, norm in record["grad_norms"].items() if board else ():
+                    board.add_scalar(f"grad_norm/{layer}", norm, step)
             if train_cfg.clip_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_norm)
+                torch.nn.utils.clip_grad_norm_(core.parameters(), train_cfg.clip_norm)
             optimizer.step()
             if train_cfg.schedule != "plateau":
                 scheduler.step()
-            n = int((batch.tgt[:, 1:] != PAD).sum())
-            tokens += n + int(batch.src_lengths.sum())
-            epoch_loss += loss.item() * n
-            epoch_tokens += n
-            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens / (time.perf_counter() - started):.0f}",
-                            lr=f"{record['lr']:.2e}")
+            tokens += total_n + int(batch.src_lengths.sum())
+            epoch_loss += total_nll
+            epoch_tokens += total_n
+            tok_s = tokens / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tok_s:.0f}", lr=f"{record['lr']:.2e}")
+            if board:
+                for key in ("loss", "lr", "tf"):
+                    board.add_scalar(f"train/{key}", record[key], step)
             if train_cfg.max_steps and step >= train_cfg.max_steps:
                 break
         metrics = {"epoch": epoch, "step": step, "train_loss": epoch_loss / max(epoch_tokens, 1),
                    "tokens_per_s": tokens / (time.perf_counter() - started)}
-        metrics.update(evaluate_loss(model, val_batches, device))
+        metrics.update(evaluate_loss(core, val_batches, device, workers))
+        if train_cfg.val_bleu:
+            metrics["val_bleu"] = validation_bleu(core, val_batches, tokenizer, data.splits["val"], device, workers)
         if train_cfg.schedule == "plateau":
             scheduler.step(metrics["val_loss"])
-        metrics_log.write(json.dumps(metrics) + "\n")
-        metrics_log.flush()
         log(f"epoch {epoch}: train loss {metrics['train_loss']:.3f}, val loss {metrics['val_loss']:.3f}, "
-            f"ppl {metrics['val_ppl']:.2f}, token acc {metrics['val_token_acc']:.3f}, "
-            f"{metrics['tokens_per_s']:.0f} tok/s")
-        show_samples(model, tokenizer, data.splits["val"][: train_cfg.samples], device, log)
+            f"ppl {metrics['val_ppl']:.2f}, token acc {metrics['val_token_acc']:.3f}"
+            + (f", BLEU {metrics['val_bleu']:.2f}" if "val_bleu" in metrics else "")
+            + f", {metrics['tokens_per_s']:.0f} tok/s")
 
         value = metrics[train_cfg.early_stop_metric]
         best = progress_state["best"]
         improved = best is None or (value > best if higher_is_better else value < best)
         progress_state.update(epoch=epoch, step=step, best=value if improved else best,
                               bad_epochs=0 if improved else progress_state["bad_epochs"] + 1)
-        ckpt = {
-            "format": CHECKPOINT_FORMAT, "data": asdict(data_cfg), "model": asdict(model_cfg),
-            "train": asdict(train_cfg), "tokenizer": tokenizer.state(), "model_state": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states(),
-            "progress": dict(progress_state), "metrics": metrics,
-        }
-        torch.save(ckpt, out / "last.pt.tmp")
-        (out / "last.pt.tmp").replace(out / "last.pt")
-        if improved:
-            torch.save(ckpt, out / "best.pt")
+        if workers.main:
+            metrics_log.write(json.dumps(metrics) + "\n")
+            metrics_log.flush()
+            for key, v in metrics.items() if board else ():
+                board.add_scalar(f"epoch/{key}", v, step)
+            show_samples(core, tokenizer, data.splits["val"][: train_cfg.samples], device, log)
+            save_checkpoint({
+                "format": CHECKPOINT_FORMAT, "data": asdict(data_cfg), "model": asdict(model_cfg),
+                "train": asdict(train_cfg), "tokenizer": tokenizer.state(), "model_state": core.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states(),
+                "progress": dict(progress_state), "metrics": metrics,
+            }, out, improved)
+        workers.barrier()
         if train_cfg.patience and progress_state["bad_epochs"] >= train_cfg.patience:
             log(f"early stop: {train_cfg.early_stop_metric} has not improved for {train_cfg.patience} epochs")
             break
         if train_cfg.max_steps and step >= train_cfg.max_steps:
             break
-    metrics_log.close()
+    if metrics_log:
+        metrics_log.close()
+    if board:
+        board.close()
+    if started_group:
+        dist.destroy_process_group()
     return metrics
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import math
 
 import pytest
@@ -48,14 +49,14 @@ def test_training_lowers_validation_loss(tmp_path):
 
 def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     run(tmp_path, "--epochs=1")
-    real = train_mod.token_loss
+    real = train_mod.token_nll
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 3 else loss
-    monkeypatch.setattr(train_mod, "token_loss", poisoned)
+        nll, n = real(*args, **kwargs)
+        return (nll * float("nan") if calls["n"] == 3 else nll), n
+    monkeypatch.setattr(train_mod, "token_nll", poisoned)
     with pytest.raises(TrainingError, match=r"loss is nan at step \d+ .*last good checkpoint: .*last\.pt"):
         run(tmp_path, "--epochs=2", resume=True)
 
@@ -90,3 +91,42 @@ def test_resume_warns_about_ignored_model_settings(tmp_path):
     lines = []
     train(data_cfg, model_cfg, train_cfg, resume=True, log=lines.append, progress=False)
     assert any("ignored: hidden=48 (checkpoint: 32)" in line for line in lines)
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path):
+    """Data-parallel training on CPU (gloo): the same global batches give the same losses."""
+    import subprocess
+    import sys
+
+    # Plain SGD: unlike Adam, its updates change with any mistake in the gradient's scale.
+    args = TINY + ["--dropout=0", "--epochs=2", "--optimizer=sgd", "--lr=1.0", "--clip_norm=0",
+                   "--val_bleu=false", "--tensorboard=false", "--device=cpu"]
+    run(tmp_path / "one", *args[len(TINY):])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "seq2seq", "train", "--quiet", *args, f"--out_dir={tmp_path / 'two'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = steps(tmp_path / "one" / "metrics.jsonl"), steps(tmp_path / "two" / "metrics.jsonl")
+    assert len(one) == len(two) > 10 and one[-1]["loss"] < one[0]["loss"] - 0.1
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5), (a["step"], a["loss"], b["loss"])
+    assert done.stdout.count("epoch 2: train loss") == 1  # one process logs
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    one_ckpt = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["model_state"]
+    two_ckpt = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["model_state"]
+    for name, tensor in one_ckpt.items():
+        torch.testing.assert_close(two_ckpt[name], tensor, rtol=1e-3, atol=1e-4)
+
+
+def test_tensorboard_logs_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tmp_path, "--epochs=1")
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "epoch/val_loss", "epoch/val_bleu"} <= set(tags)
+    assert any(t.startswith("grad_norm/encoder") for t in tags)
+    losses = [e.value for e in events.Scalars("train/loss")]
+    records = steps(tmp_path / "metrics.jsonl")
+    assert losses == pytest.approx([r["loss"] for r in records], rel=1e-6)

@@ -44,6 +44,13 @@ class Batch:
     def to(self, device) -> "Batch":
         return Batch(**{k: v.to(device) for k, v in vars(self).items()})
 
+    def select(self, rows: list[int]) -> "Batch":
+        """The given sentences only, with padding trimmed to their longest."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        s, t = int(self.src_lengths[idx].max()), int(self.tgt_lengths[idx].max())
+        return Batch(self.src[idx, :s], self.src_lengths[idx], self.src_mask[idx, :s], self.tgt[idx, :t],
+                     self.tgt_lengths[idx], self.tgt_mask[idx, :t], self.indices[idx])
+
 
 def make_example(src_ids: list[int], tgt_ids: list[int]) -> Example:
     return list(src_ids) + [EOS], [BOS] + list(tgt_ids) + [EOS]
