@@ -107,7 +107,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = steps(tmp_path / "one" / "metrics.jsonl"), steps(tmp_path / "two" / "metrics.jsonl")
-    assert len(one) == len(two) > 10 and one[-1]["loss"] < one[0]["loss"] - 0.1
+    assert len(one) == len(two) > 10 and one[-1]["loss"] < one[0]["loss"] - 0.05
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5), (a["step"], a["loss"], b["loss"])
     assert done.stdout.count("epoch 2: train loss") == 1  # one process logs
