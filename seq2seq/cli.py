@@ -4,6 +4,10 @@
     seq2seq data stats CORPUS --src --tgt  pairs per split, lengths, vocabulary sizes
     seq2seq data fetch NAME                download a registered corpus
     seq2seq data prepare CORPUS --out DIR  normalize, filter, train and save a tokenizer
+    seq2seq train RECIPE [--key=value ...] train a model (seq2seq/train.py)
+    seq2seq translate --model CKPT         translate stdin or --input FILE
+    seq2seq evaluate --model CKPT          BLEU, chrF, perplexity, accuracies on a split
+    seq2seq plot-attention --model CKPT    attention heatmaps of chosen sentences
 
 CORPUS is a registered name (``multi30k``, ``tatoeba``, ``opennmt-ende``), a synthetic
 task (``copy``, ``reverse``, ``sort``), one TSV file, or two line-aligned files.
@@ -18,7 +22,7 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from seq2seq.config import DataConfig
+from seq2seq.config import DataConfig, DecodingOptions
 
 POSITIONAL = {"corpus", "files"}
 
@@ -146,6 +150,110 @@ def cmd_train(args, overrides: list[str]) -> int:
     return 0
 
 
+def decoding_options(args, **extra) -> DecodingOptions:
+    from seq2seq.config import validate_decoding_options
+
+    opts = config_from_args(DecodingOptions, args, **extra)
+    validate_decoding_options(opts)
+    return opts
+
+
+def read_sources(args) -> list[str]:
+    if args.input:
+        try:
+            return Path(args.input).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--input {args.input}: cannot read it as UTF-8 text ({e})") from None
+    return sys.stdin.read().splitlines()
+
+
+def cmd_translate(args) -> int:
+    from seq2seq.translate import Translator
+
+    translator = Translator(args.model, device=args.device)
+    opts = decoding_options(args)
+    sources = read_sources(args)
+    results = translator.translate(sources, opts, progress=bool(args.input) and not args.quiet)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    for i, nbest in enumerate(results):
+        for t in nbest:
+            if opts.n_best > 1:  # the Moses n-best format
+                out.write(f"{i} ||| {t.text} ||| {t.score:.6f}\n")
+            elif args.scores:
+                out.write(f"{t.score:.6f}\t{t.text}\n")
+            else:
+                out.write(t.text + "\n")
+    if args.output:
+        out.close()
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from seq2seq.data import load_dataset
+    from seq2seq.evaluate import evaluate, markdown, write_report
+    from seq2seq.translate import Translator
+
+    translator = Translator(args.model, device=args.device)
+    opts = decoding_options(args)
+    if args.src_file or args.ref_file:
+        if not (args.src_file and args.ref_file):
+            raise ValueError("give both --src-file and --ref-file, or neither (to use --split)")
+        srcs = Path(args.src_file).read_text(encoding="utf-8").splitlines()
+        refs = Path(args.ref_file).read_text(encoding="utf-8").splitlines()
+        if len(srcs) != len(refs):
+            raise ValueError(f"--src-file has {len(srcs)} lines but --ref-file has {len(refs)}; they must be aligned")
+        pairs, split = list(zip(srcs, refs)), f"{args.src_file} / {args.ref_file}"
+    else:
+        cfg = translator.data_cfg
+        if args.data_dir:
+            cfg.data_dir = args.data_dir
+        pairs, split = load_dataset(cfg, [args.split]).splits[args.split], args.split
+    report = evaluate(translator, pairs, opts, split=split, progress=not args.quiet)
+    print(markdown(report))
+    if args.out:
+        print(f"report, hypotheses: {write_report(report, args.out)}")
+    return 0
+
+
+def cmd_plot_attention(args) -> int:
+    from seq2seq.plots import plot_attention
+    from seq2seq.translate import Translator
+
+    translator = Translator(args.model, device=args.device)
+    if translator.model_cfg.family == "rnn":
+        raise ValueError("this is a fixed-context encoder-decoder: it has no attention to plot "
+                         "(train family=attention or family=transformer)")
+    sentences = list(args.sentences)
+    if args.input:
+        lines = read_sources(args)
+        picks = [int(n) for n in args.lines.split(",")] if args.lines else range(1, min(len(lines), 3) + 1)
+        for n in picks:
+            if not 1 <= n <= len(lines):
+                raise ValueError(f"--lines: line {n} is outside {args.input} (1-{len(lines)})")
+            sentences.append(lines[n - 1])
+    if not sentences:
+        raise ValueError("give sentences as arguments, or --input FILE [--lines 1,4]")
+    opts = decoding_options(args, return_attention=True, n_best=1)
+    tok = translator.tokenizer
+    for i, (text, nbest) in enumerate(zip(sentences, translator.translate(sentences, opts)), 1):
+        t = nbest[0]
+        if t.attention is None:
+            print(f"{i}: empty sentence, nothing to plot")
+            continue
+        src_pieces = tok.src.id_pieces(translator.encode(text)) + ["</s>"]
+        out_pieces = tok.tgt.id_pieces(t.tokens) + ["</s>"]
+        path = plot_attention(t.attention, src_pieces, out_pieces, Path(args.out) / f"attention_{i}.png",
+                              title=f"{text}\n-> {t.text}")
+        print(f"{path}: {text} -> {t.text}")
+    return 0
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a training checkpoint (.pt), or its out_dir (uses best.pt)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_config_flags(p, DecodingOptions, {"return_attention"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seq2seq", description="Sequence-to-sequence translation toolkit.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +288,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("translate", help="translate sentences from stdin or a file, one per line")
+    add_model_flags(p)
+    p.add_argument("--input", help="source file (default: stdin)")
+    p.add_argument("--output", help="write translations here (default: stdout)")
+    p.add_argument("--scores", action="store_true", help="prefix each translation with its score and a tab")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_translate)
+
+    p = commands.add_parser("evaluate", help="BLEU, chrF, perplexity and accuracies on a split or on files")
+    add_model_flags(p)
+    p.add_argument("--split", default="test", help="a split of the checkpoint's corpus (default: test)")
+    p.add_argument("--data-dir", default="", help="where the corpus is (default: as in training)")
+    p.add_argument("--src-file", help="score these sources ...")
+    p.add_argument("--ref-file", help="... against these references instead of a split")
+    p.add_argument("--out", help="folder for report.json, report.md and hypotheses.txt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("plot-attention", help="PNG heatmaps of attention weights")
+    add_model_flags(p)
+    p.add_argument("sentences", nargs="*", help="source sentences to translate and plot")
+    p.add_argument("--input", help="take sentences from this file ...")
+    p.add_argument("--lines", help="... these 1-based lines, comma-separated (default: the first 3)")
+    p.add_argument("--out", required=True, help="folder for attention_N.png")
+    p.set_defaults(func=cmd_plot_attention)
     return parser
 
 
@@ -191,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_train(args, unknown)
     if unknown:
         build_parser().parse_args(argv)  # reports the unrecognized arguments and exits 2
+    from seq2seq.translate import CheckpointError
+
     try:
         return args.func(args)
-    except DataError as e:
+    except (DataError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

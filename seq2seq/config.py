@@ -180,3 +180,45 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"TrainConfig.lr must be > 0, got {cfg.lr}")
     if not 0 <= cfg.teacher_forcing <= 1 or not 0 <= cfg.tf_min <= 1:
         raise ValueError("TrainConfig.teacher_forcing and tf_min must be in [0, 1]")
+
+
+@dataclass
+class DecodingOptions:
+    """How the reference decoder (seq2seq/decoding.py) and the C++ engine search.
+
+    Lengths count output tokens without the final <eos>; a source's length counts its
+    tokens without the <eos> the data pipeline appends. A sentence's limits are
+        max = min(max_length, floor(max_length_ratio * src_len) + max_length_extra)
+        min = min(max(min_length, floor(min_length_ratio * src_len)), max)
+    (max_length_ratio 0 turns the relative maximum off). Before ``min`` tokens <eos> is not
+    allowed; after ``max`` tokens only <eos> is. <pad> and <bos> are never produced.
+    """
+    beam_size: int = 5  # 1: greedy search
+    n_best: int = 1  # hypotheses returned per sentence, best first (at most beam_size)
+    # Applied once, when a hypothesis ends, to its summed log-probability (length L counts
+    # the final <eos>): "none": score; "gnmt": score / ((5 + L) / 6) ** alpha (Wu et al.,
+    # 2016); "average": score / L.
+    length_penalty: str = "gnmt"
+    alpha: float = 0.6
+    min_length: int = 0
+    min_length_ratio: float = 0.0
+    max_length: int = 256
+    max_length_ratio: float = 2.0
+    max_length_extra: int = 10
+    # True: a sentence stops once beam_size hypotheses have ended; False: search goes on
+    # to the maximum length and keeps every hypothesis that ended on the way.
+    early_stop: bool = True
+    return_attention: bool = False
+
+
+def validate_decoding_options(opts: DecodingOptions) -> None:
+    check_choices(opts, {"length_penalty": ("none", "gnmt", "average")})
+    if opts.beam_size < 1:
+        raise ValueError(f"DecodingOptions.beam_size must be >= 1, got {opts.beam_size}")
+    if not 1 <= opts.n_best <= opts.beam_size:
+        raise ValueError(f"DecodingOptions.n_best={opts.n_best} must be between 1 and beam_size={opts.beam_size}")
+    for name in ("min_length", "min_length_ratio", "max_length_ratio", "max_length_extra", "alpha"):
+        if getattr(opts, name) < 0:
+            raise ValueError(f"DecodingOptions.{name} must be >= 0, got {getattr(opts, name)}")
+    if opts.max_length < 1:
+        raise ValueError(f"DecodingOptions.max_length must be >= 1, got {opts.max_length}")

@@ -216,9 +216,8 @@ def validation_bleu(model, batches, tokenizer, pairs, device, workers: Workers =
         if not rows:
             continue
         batch = (batch.select(rows) if workers.world > 1 else batch).to(device)
-        max_len = int(batch.src_lengths.max()) * 2 + 10
-        for i, ids in zip(batch.indices.tolist(), greedy_search(model, batch.src, batch.src_lengths, max_len)):
-            hyps[i] = tokenizer.tgt.decode(ids)
+        for i, nbest in zip(batch.indices.tolist(), greedy_search(model, batch.src, batch.src_lengths)):
+            hyps[i] = tokenizer.tgt.decode(nbest[0].tokens)
     for part in workers.gather(hyps):
         hyps.update(part)
     order = sorted(hyps)
@@ -433,6 +432,5 @@ def show_samples(model, tokenizer, pairs, device, log) -> None:
 
     model.eval()
     batch = collate([make_example(tokenizer.src.encode(s), []) for s, _ in pairs], list(range(len(pairs)))).to(device)
-    max_len = int(batch.src_lengths.max()) * 2 + 10
-    for (src, ref), ids in zip(pairs, greedy_search(model, batch.src, batch.src_lengths, max_len)):
-        log(f"  src: {src}\n  ref: {ref}\n  out: {tokenizer.tgt.decode(ids)}")
+    for (src, ref), nbest in zip(pairs, greedy_search(model, batch.src, batch.src_lengths)):
+        log(f"  src: {src}\n  ref: {ref}\n  out: {tokenizer.tgt.decode(nbest[0].tokens)}")

@@ -142,16 +142,3 @@ def test_bad_model_config_names_the_field():
     m = model("transformer-pre").eval()
     with pytest.raises(ValueError, match="exceeds ModelConfig.max_positions=64"):
         m.encode(torch.full((1, 70), 5), torch.tensor([70]))
-
-
-def test_greedy_search_batched_equals_alone():
-    from seq2seq.decoding import greedy_search
-
-    m = model("bahdanau").eval()
-    sentences = [([5, 6, 7, 8], []), ([12, 13], []), ([9, 10, 11, 4, 5, 6, 7], [])]
-    batch = batch_of(sentences)
-    together = greedy_search(m, batch.src, batch.src_lengths, max_len=12)
-    for i, s in enumerate(sentences):
-        alone = batch_of([s])
-        assert greedy_search(m, alone.src, alone.src_lengths, max_len=12) == [together[i]]
-    assert all(EOS not in ids and PAD not in ids and len(ids) <= 12 for ids in together)

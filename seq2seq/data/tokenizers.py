@@ -77,6 +77,9 @@ class SentencePieceTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode([i for i in ids if i > EOS or i == UNK])
 
+    def id_pieces(self, ids: list[int]) -> list[str]:
+        return [self.sp.id_to_piece(i) for i in ids]
+
     def state(self) -> dict:
         return {"kind": self.kind, "model_proto": self.model_proto}
 
@@ -128,6 +131,9 @@ class WordTokenizer:
             tok = self.tokens[i] if i != UNK and 0 <= i < len(self.tokens) else WORD_START + SPECIALS[UNK]
             words.append(" " + tok[1:] if tok.startswith(WORD_START) else tok)
         return "".join(words).strip()
+
+    def id_pieces(self, ids: list[int]) -> list[str]:
+        return [self.tokens[i] for i in ids]
 
     def state(self) -> dict:
         return {"kind": self.kind, "tokens": self.tokens}
