@@ -1,5 +1,5 @@
 # make setup [TORCH=cpu|cuda]   create .venv and install (idempotent)
-# make demo                     the main job: data pipeline on a real corpus
+# make demo                     the main job: train (or reuse) a French->English model, translate, score, plot
 # make test                     the whole test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -28,10 +28,19 @@ $(STAMP): requirements.txt setup.py Makefile
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-demo: setup
-	$(VENV)/bin/seq2seq data list
-	$(VENV)/bin/seq2seq data stats multi30k --src de --tgt en
-	$(VENV)/bin/seq2seq data prepare tatoeba --src fr --tgt en --max-ratio 3 --dedup --out $(DEMO) --show 4 --quiet
+S2S := $(VENV)/bin/seq2seq
+DEMO_RECIPE := recipes/tatoeba_fr_en_demo.toml
+
+demo: setup $(DEMO)/trained
+	printf '%s\n' "Il fait beau aujourd'hui." "Je ne sais pas ce qu'il veut." "Nous avons acheté une voiture rouge." \
+	  | $(S2S) translate --model $(DEMO)/best.pt --beam-size 5
+	$(S2S) evaluate --model $(DEMO)/best.pt --split test --beam-size 5 --out $(DEMO)/eval --quiet
+	$(S2S) plot-attention --model $(DEMO)/best.pt "Nous avons acheté une voiture rouge." --out $(DEMO)
+
+# Trained once; an interrupted run resumes from its last checkpoint.
+$(DEMO)/trained: $(DEMO_RECIPE) $(STAMP)
+	$(S2S) train $(DEMO_RECIPE) --out_dir=$(DEMO) $$(test -f $(DEMO)/last.pt && echo --resume)
+	touch $@
 
 test: setup
 	$(PY) -m pytest -q tests

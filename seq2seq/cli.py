@@ -248,6 +248,22 @@ def cmd_plot_attention(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from seq2seq import study
+
+    if args.which == "synthetic":
+        rows = study.synthetic_study(args.out, max_len=args.max_len, train_size=args.train_size, epochs=args.epochs)
+        table = study.markdown_synthetic(rows)
+    else:
+        if not args.model:
+            raise ValueError("study beams needs --model CKPT")
+        rows = study.beam_study(args.model, args.split, args.out)
+        table = study.markdown_beams(rows)
+    (Path(args.out) / f"{args.which}.md").write_text(table)
+    print(table)
+    return 0
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a training checkpoint (.pt), or its out_dir (uses best.pt)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -314,6 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lines", help="... these 1-based lines, comma-separated (default: the first 3)")
     p.add_argument("--out", required=True, help="folder for attention_N.png")
     p.set_defaults(func=cmd_plot_attention)
+
+    p = commands.add_parser("study", help="vanilla vs attention by length (synthetic); greedy vs beam (beams)")
+    p.add_argument("which", choices=("synthetic", "beams"))
+    p.add_argument("--out", required=True, help="folder for the JSON rows, Markdown table and PNG plots")
+    p.add_argument("--model", help="beams: the checkpoint to decode with")
+    p.add_argument("--split", default="test", help="beams: the split to score (default: test)")
+    p.add_argument("--max-len", type=int, default=24, help="synthetic: longest sequence")
+    p.add_argument("--train-size", type=int, default=20000, help="synthetic: training pairs per task")
+    p.add_argument("--epochs", type=int, default=6, help="synthetic: epochs per model")
+    p.set_defaults(func=cmd_study)
     return parser
 
 

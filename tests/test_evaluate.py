@@ -118,3 +118,23 @@ def test_plot_attention_rnn_and_transformer_heads(attention_ckpt, transformer_ck
     capsys.readouterr()
     assert main(["plot-attention", "--model", str(attention_ckpt), "--out", str(tmp_path)]) == 2
     assert "give sentences" in capsys.readouterr().err
+
+
+def test_beam_study_rows_and_plot(attention_ckpt, tmp_path):
+    from seq2seq.study import beam_study, markdown_beams
+
+    rows = beam_study(attention_ckpt, "test", tmp_path, beams=(1, 3), log=lambda *_: None)
+    assert [r["beam"] for r in rows] == [1, 3] and all(r["bleu"] > 50 for r in rows)
+    assert (tmp_path / "beams_bleu.png").read_bytes()[:4] == b"\x89PNG"
+    assert markdown_beams(rows).count("\n") == 4
+
+
+def test_synthetic_study_small(tmp_path):
+    from seq2seq.study import markdown_synthetic, synthetic_study
+
+    rows = synthetic_study(tmp_path, tasks=("reverse",), max_len=5, train_size=300, epochs=1, log=lambda *_: None)
+    assert {r["model"] for r in rows} == {"vanilla LSTM", "attention LSTM (Bahdanau)"}
+    assert {r["length"] for r in rows} == {2, 3, 4, 5}
+    assert all(0 <= r["sequence_accuracy"] <= 1 for r in rows)
+    assert sum(r["sentences"] for r in rows) == 2 * 1000
+    assert (tmp_path / "synthetic_reverse.png").exists() and "| reverse | vanilla LSTM |" in markdown_synthetic(rows)
