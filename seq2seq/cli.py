@@ -170,8 +170,8 @@ def read_sources(args) -> list[str]:
 def cmd_translate(args) -> int:
     from seq2seq.translate import Translator
 
+    opts = decoding_options(args)  # bad options fail before the model loads
     translator = Translator(args.model, device=args.device)
-    opts = decoding_options(args)
     sources = read_sources(args)
     results = translator.translate(sources, opts, progress=bool(args.input) and not args.quiet)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
@@ -193,8 +193,8 @@ def cmd_evaluate(args) -> int:
     from seq2seq.evaluate import evaluate, markdown, write_report
     from seq2seq.translate import Translator
 
+    opts = decoding_options(args)  # bad options fail before the model loads
     translator = Translator(args.model, device=args.device)
-    opts = decoding_options(args)
     if args.src_file or args.ref_file:
         if not (args.src_file and args.ref_file):
             raise ValueError("give both --src-file and --ref-file, or neither (to use --split)")
