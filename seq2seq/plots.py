@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _heatmap(ax, weights, src_pieces, out_pieces, title):
     ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(src_pieces)), src_pieces, rotation=70, fontsize=8)
@@ -41,12 +50,7 @@ def plot_attention(attention: torch.Tensor, src_pieces: list[str], out_pieces: l
     axes[0][0].set_ylabel("output")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, path: str | Path,
@@ -61,9 +65,4 @@ def plot_lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, p
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

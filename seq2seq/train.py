@@ -105,12 +105,12 @@ def token_nll(log_probs, gold, label_smoothing: float = 0.0):
 
 @dataclass
 class Workers:
-    """This process's place among data-parallel training processes (torchrun sets
-    RANK, WORLD_SIZE and LOCAL_RANK). Every process builds the same global batches from the
-    same seed and computes on its own slice of each: sentences rank, rank + world, ..."""
+    """This process's place among data-parallel training processes (torchrun sets RANK
+    and WORLD_SIZE; pick_device reads LOCAL_RANK). Every process builds the same global
+    batches from the same seed and computes on its own slice of each: sentences rank,
+    rank + world, ..."""
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -118,6 +118,13 @@ class Workers:
 
     def rows(self, n: int) -> list[int]:
         return list(range(self.rank, n, self.world))
+
+    def parts(self, batches):
+        """This process's slice of each batch, skipping batches it has no sentence of."""
+        for batch in batches:
+            rows = self.rows(len(batch))
+            if rows:
+                yield batch.select(rows) if self.world > 1 else batch
 
     def sum(self, values: list[float], device) -> list[float]:
         if self.world == 1:
@@ -153,7 +160,7 @@ def start_workers(device: torch.device) -> tuple[Workers, bool]:
     started = not dist.is_initialized()
     if started:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Workers(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))), started
+    return Workers(dist.get_rank(), dist.get_world_size()), started
 
 
 def make_optimizer(params, cfg: TrainConfig):
@@ -190,11 +197,8 @@ def evaluate_loss(model, batches, device, workers: Workers = Workers()) -> dict[
     scores its slice of every batch; the sums are combined)."""
     model.eval()
     total, tokens, correct = 0.0, 0, 0
-    for batch in batches:
-        rows = workers.rows(len(batch))
-        if not rows:
-            continue
-        batch = (batch.select(rows) if workers.world > 1 else batch).to(device)
+    for batch in workers.parts(batches):
+        batch = batch.to(device)
         log_probs = model(batch.src, batch.src_lengths, batch.tgt[:, :-1]).float()
         gold = batch.tgt[:, 1:]
         mask = gold != PAD
@@ -211,11 +215,8 @@ def validation_bleu(model, batches, tokenizer, pairs, device, workers: Workers =
     """sacreBLEU corpus BLEU of greedy translations against the detokenized references."""
     model.eval()
     hyps: dict[int, str] = {}
-    for batch in batches:
-        rows = workers.rows(len(batch))
-        if not rows:
-            continue
-        batch = (batch.select(rows) if workers.world > 1 else batch).to(device)
+    for batch in workers.parts(batches):
+        batch = batch.to(device)
         for i, nbest in zip(batch.indices.tolist(), greedy_search(model, batch.src, batch.src_lengths)):
             hyps[i] = tokenizer.tgt.decode(nbest[0].tokens)
     for part in workers.gather(hyps):
