@@ -252,13 +252,24 @@ def cmd_study(args) -> int:
     from seq2seq import study
 
     if args.which == "synthetic":
-        rows = study.synthetic_study(args.out, max_len=args.max_len, train_size=args.train_size, epochs=args.epochs)
+        rows = study.synthetic_study(args.out, max_len=args.max_len, train_size=args.train_size,
+                                     epochs=args.epochs or 6)
         table = study.markdown_synthetic(rows)
-    else:
+    elif args.which == "beams":
         if not args.model:
             raise ValueError("study beams needs --model CKPT")
-        rows = study.beam_study(args.model, args.split, args.out)
+        rows = study.beam_study(args.model, args.split or "test", args.out)
         table = study.markdown_beams(rows)
+    else:
+        models = None
+        if args.models:
+            models = [m.strip() for m in args.models.split(",")]
+            unknown = [m for m in models if m not in study.FAMILY_MODELS]
+            if unknown:
+                raise ValueError(f"unknown study model(s) {unknown}; choose from {list(study.FAMILY_MODELS)}")
+        rows = study.families_study(args.out, split=args.split or "test_2016_flickr",
+                                    epochs=args.epochs or 2, models=models)
+        table = study.markdown_families(rows)
     (Path(args.out) / f"{args.which}.md").write_text(table)
     print(table)
     return 0
@@ -331,14 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for attention_N.png")
     p.set_defaults(func=cmd_plot_attention)
 
-    p = commands.add_parser("study", help="vanilla vs attention by length (synthetic); greedy vs beam (beams)")
-    p.add_argument("which", choices=("synthetic", "beams"))
+    p = commands.add_parser("study", help="vanilla vs attention by length (synthetic); greedy vs beam (beams); "
+                                               "every family on Multi30k (families)")
+    p.add_argument("which", choices=("synthetic", "beams", "families"))
     p.add_argument("--out", required=True, help="folder for the JSON rows, Markdown table and PNG plots")
     p.add_argument("--model", help="beams: the checkpoint to decode with")
-    p.add_argument("--split", default="test", help="beams: the split to score (default: test)")
+    p.add_argument("--split", help="the split to score (beams: test; families: test_2016_flickr)")
     p.add_argument("--max-len", type=int, default=24, help="synthetic: longest sequence")
     p.add_argument("--train-size", type=int, default=20000, help="synthetic: training pairs per task")
-    p.add_argument("--epochs", type=int, default=6, help="synthetic: epochs per model")
+    p.add_argument("--epochs", type=int, default=0, help="epochs per model (synthetic: 6, families: 2)")
+    p.add_argument("--models", help="families: a comma-separated subset of the study's models")
     p.set_defaults(func=cmd_study)
     return parser
 

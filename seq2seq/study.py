@@ -2,6 +2,7 @@
 
     seq2seq study synthetic --out docs/study      # vanilla vs attention on reverse / sort
     seq2seq study beams --model CKPT --out DIR    # greedy vs beam 2, 5, 10: BLEU and speed
+    seq2seq study families --out DIR              # every model family on Multi30k, one budget
 
 Each writes a JSON file of rows, a Markdown table and a PNG plot into --out.
 """
@@ -66,6 +67,65 @@ def synthetic_study(out: str | Path, tasks=("reverse", "sort"), max_len: int = 2
     return rows
 
 
+# Every family at one size (embeddings 256, hidden 256, one layer; a small Transformer), so
+# that the budget, not the capacity, is what differs least.
+FAMILY_MODELS = {
+    "vanilla LSTM": ["--family=rnn", "--cell=lstm"],
+    "vanilla GRU": ["--family=rnn", "--cell=gru"],
+    "vanilla bi-LSTM encoder": ["--family=rnn", "--cell=lstm", "--bidirectional=true"],
+    "Bahdanau (bi-GRU)": ["--family=attention", "--attention=bahdanau", "--cell=gru", "--bidirectional=true"],
+    "Luong dot (bi-LSTM)": ["--family=attention", "--attention=dot", "--cell=lstm", "--bidirectional=true"],
+    "Luong general (bi-LSTM)": ["--family=attention", "--attention=general", "--cell=lstm", "--bidirectional=true"],
+    "Luong concat (bi-LSTM)": ["--family=attention", "--attention=concat", "--cell=lstm", "--bidirectional=true"],
+    "Transformer (3+3 layers)": ["--family=transformer", "--d_model=256", "--heads=4", "--ff_dim=1024",
+                                 "--enc_layers=3", "--dec_layers=3", "--tie_embeddings=true", "--optimizer=adamw",
+                                 "--lr=7e-4", "--schedule=inverse_sqrt", "--warmup_steps=300",
+                                 "--label_smoothing=0.1"],
+}
+FAMILY_LENGTH_BUCKETS = (8, 12, 16, 20, 25)  # Multi30k sources are short: finer buckets
+
+
+def families_study(out: str | Path, corpus: str = "multi30k", src: str = "de", tgt: str = "en",
+                   split: str = "test_2016_flickr", epochs: int = 2, beam: int = 5, models=None,
+                   overrides=(), log=print) -> list[dict]:
+    """Train every family with the same data, epochs and batches; score each on one split."""
+    from seq2seq.data import load_dataset
+    from seq2seq.evaluate import evaluate, score
+    from seq2seq.train import load_recipe, train
+    from seq2seq.translate import Translator
+
+    out = Path(out)
+    rows = []
+    for name in models or FAMILY_MODELS:
+        run_dir = out / "runs" / name.split(" (")[0].replace(" ", "_").lower()
+        args = [f"--corpus={corpus}", f"--src={src}", f"--tgt={tgt}", "--vocab_size=8000", "--max_tokens=4096",
+                "--emb_dim=256", "--hidden=256", "--layers=1", "--dropout=0.2", f"--epochs={epochs}",
+                "--lr=1e-3", "--samples=0", "--val_bleu=false", "--tensorboard=false", "--patience=0",
+                f"--out_dir={run_dir}", *FAMILY_MODELS[name], *overrides]
+        started = time.perf_counter()
+        train(*load_recipe(None, args), log=lambda *_: None, progress=False)
+        seconds = time.perf_counter() - started
+        translator = Translator(run_dir / "best.pt")
+        pairs = load_dataset(translator.data_cfg, [split]).splits[split]
+        report = evaluate(translator, pairs, DecodingOptions(beam_size=beam), split=split)
+        by_length = score(report["hypotheses"], [t for _, t in pairs], [s for s, _ in pairs],
+                          FAMILY_LENGTH_BUCKETS)["bleu_by_source_length"]
+        rows.append({"model": name, "bleu": report["bleu"], "chrf": report["chrf"],
+                     "perplexity": report["perplexity"], "parameters": report["parameters"],
+                     "train_seconds": seconds, "epochs": epochs, "beam": beam, "split": split,
+                     "bleu_signature": report["bleu_signature"], "bleu_by_source_length": by_length})
+        log(f"{name:26} BLEU {report['bleu']:5.2f}  chrF {report['chrf']:5.2f}  ppl {report['perplexity']:7.2f}  "
+            f"{report['parameters'] / 1e6:5.1f}M params  {seconds / 60:5.1f} min")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "families.json").write_text(json.dumps(rows, indent=1) + "\n")
+    buckets = [b["bucket"] for b in rows[0]["bleu_by_source_length"]]
+    series = {r["model"]: (list(range(len(buckets))), [b["bleu"] for b in r["bleu_by_source_length"]])
+              for r in rows}
+    plot_lines(series, "source length (words): " + ", ".join(f"{i}={b}" for i, b in enumerate(buckets)), "BLEU",
+               out / "families_bleu_by_length.png", title=f"{corpus} {src}-{tgt} {split}: BLEU by source length")
+    return rows
+
+
 def beam_study(checkpoint: str | Path, split: str, out: str | Path, beams=(1, 2, 5, 10), log=print) -> list[dict]:
     """BLEU and speed of greedy search and beam search on one split."""
     from seq2seq.data import load_dataset
@@ -106,3 +166,16 @@ def markdown_beams(rows: list[dict]) -> str:
     lines = ["| beam | BLEU | chrF | sentences/s |", "|---:|---:|---:|---:|"]
     lines += [f"| {r['beam']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['sentences_per_s']:.1f} |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def markdown_families(rows: list[dict]) -> str:
+    buckets = [b["bucket"] for b in rows[0]["bleu_by_source_length"]]
+    lines = ["| model | BLEU | chrF | perplexity | parameters | training | "
+             + " | ".join(f"BLEU {b}" for b in buckets) + " |",
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(buckets)]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['perplexity']:.2f} | "
+                     f"{r['parameters'] / 1e6:.1f}M | {r['train_seconds'] / 60:.1f} min | "
+                     + " | ".join(f"{b['bleu']:.1f}" for b in r["bleu_by_source_length"]) + " |")
+    sentences = " / ".join(f"{b['bucket']}: {b['sentences']}" for b in rows[0]["bleu_by_source_length"])
+    return "\n".join(lines) + f"\n\nSentences per bucket: {sentences}.\n"

@@ -138,3 +138,21 @@ def test_synthetic_study_small(tmp_path):
     assert all(0 <= r["sequence_accuracy"] <= 1 for r in rows)
     assert sum(r["sentences"] for r in rows) == 2 * 1000
     assert (tmp_path / "synthetic_reverse.png").exists() and "| reverse | vanilla LSTM |" in markdown_synthetic(rows)
+
+
+def test_families_study_small(tmp_path):
+    from seq2seq.study import markdown_families, families_study
+
+    small = ["--tokenizer=word", "--min_freq=1", "--synthetic_max_len=6", "--synthetic_train_size=200",
+             "--synthetic_eval_size=60", "--emb_dim=16", "--hidden=32", "--d_model=32", "--ff_dim=64",
+             "--enc_layers=1", "--dec_layers=1", "--max_tokens=400", "--max_steps=3"]
+    models = ["vanilla GRU", "Bahdanau (bi-GRU)", "Transformer (3+3 layers)"]
+    rows = families_study(tmp_path, corpus="reverse", src="", tgt="", split="test", epochs=1, beam=2,
+                          models=models, overrides=small, log=lambda *_: None)
+    assert [r["model"] for r in rows] == models
+    assert all(sum(b["sentences"] for b in r["bleu_by_source_length"]) == 60 for r in rows)
+    assert all(r["perplexity"] > 1 and r["parameters"] > 0 for r in rows)
+    assert len({r["parameters"] for r in rows}) == 3  # three different architectures were built
+    assert (tmp_path / "families_bleu_by_length.png").read_bytes()[:4] == b"\x89PNG"
+    table = markdown_families(rows)
+    assert table.count("| vanilla GRU |") == 1 and "BLEU 1-8" in table
