@@ -1,4 +1,50 @@
+"""Builds the Python package and its C++ engine, seq2seq._C.
+
+The CPU build is complete on its own; CUDA sources (csrc/cuda/*.cu) are added only when
+torch has CUDA and nvcc is found.
+"""
+
+import glob
+import os
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+
+def engine_sources() -> list[str]:
+    lines = (ROOT / "csrc" / "sources.txt").read_text().splitlines()
+    return [f"csrc/{line.strip()}" for line in lines if line.strip() and not line.startswith("#")]
+
+
+def extensions():
+    from torch.utils import cpp_extension
+
+    sources = engine_sources() + ["csrc/python.cpp"]
+    cxx = ["-O3", "-g0", "-fopenmp", "-std=c++17"]
+    # The build machine's vector instructions (AVX2/AVX-512, VNNI); SEQ2SEQ_PORTABLE=1 for a
+    # build that runs on any x86-64.
+    if os.environ.get("SEQ2SEQ_PORTABLE") != "1":
+        cxx.append("-march=native")
+    cuda = cpp_extension.CUDA_HOME is not None and shutil.which("nvcc") and glob.glob("csrc/cuda/*.cu")
+    if cuda:
+        import torch
+
+        cuda = torch.version.cuda is not None
+    if cuda:
+        return [cpp_extension.CUDAExtension("seq2seq._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
+                                            extra_compile_args={"cxx": cxx + ["-DSEQ2SEQ_CUDA"], "nvcc": ["-O3"]},
+                                            extra_link_args=["-fopenmp"])]
+    return [cpp_extension.CppExtension("seq2seq._C", sources, extra_compile_args=cxx, extra_link_args=["-fopenmp"])]
+
+
+def build_ext():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+
 
 setup(
     name="seq2seq",
@@ -6,6 +52,8 @@ setup(
     description="Sequence-to-sequence translation: training, a C++ engine and a gRPC service",
     python_requires=">=3.10",
     packages=find_packages(include=["seq2seq", "seq2seq.*"]),
-    install_requires=["torch>=2.13", "sentencepiece>=0.2", "sacrebleu>=2.4", "tqdm>=4.66"],
+    install_requires=["torch>=2.13", "sentencepiece>=0.2", "sacrebleu>=2.4", "tqdm>=4.66", "safetensors>=0.4"],
+    ext_modules=extensions(),
+    cmdclass={"build_ext": build_ext()},
     entry_points={"console_scripts": ["seq2seq=seq2seq.cli:main"]},
 )

@@ -275,8 +275,20 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from seq2seq.export import export, load_export
+
+    out = export(args.checkpoint, args.out)
+    exp = load_export(out)  # what was written must load
+    params = sum(t.numel() for t in exp.tensors.values())
+    print(f"{out}: {exp.model_cfg.family} model, {params:,} parameters, "
+          f"vocabulary {exp.model_cfg.src_vocab:,}/{exp.model_cfg.tgt_vocab:,}")
+    return 0
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a training checkpoint (.pt), or its out_dir (uses best.pt)")
+    p.add_argument("--model", required=True,
+                   help="a training checkpoint (.pt), its out_dir (uses best.pt), or an export directory")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_config_flags(p, DecodingOptions, {"return_attention"})
 
@@ -334,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
+    p = commands.add_parser("export", help="write a checkpoint as config.json + model.safetensors + tokenizer")
+    p.add_argument("checkpoint", help="a training checkpoint (.pt), or its out_dir (uses best.pt)")
+    p.add_argument("out", help="the export directory to write")
+    p.set_defaults(func=cmd_export)
+
     p = commands.add_parser("plot-attention", help="PNG heatmaps of attention weights")
     add_model_flags(p)
     p.add_argument("sentences", nargs="*", help="source sentences to translate and plot")
@@ -364,11 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_train(args, unknown)
     if unknown:
         build_parser().parse_args(argv)  # reports the unrecognized arguments and exits 2
+    from seq2seq.export import ExportError
     from seq2seq.translate import CheckpointError
 
     try:
         return args.func(args)
-    except (DataError, CheckpointError, ValueError) as e:
+    except (DataError, CheckpointError, ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

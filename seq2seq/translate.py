@@ -54,25 +54,41 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), PairTokenizer.from_state(ckpt["tokenizer"]), ckpt
 
 
-class Translator:
-    def __init__(self, checkpoint: str | Path, device: str = "cpu"):
-        self.device = torch.device(device)
-        self.model, self.tokenizer, self.checkpoint = load_checkpoint(checkpoint, self.device)
-        self.data_cfg = DataConfig(**self.checkpoint["data"])
-        self.model_cfg = ModelConfig(**self.checkpoint["model"])
+class TextTranslator:
+    """Text in, n-best translations out, around a ``decode_ids`` that subclasses provide.
+
+    Sources are normalized as the training data was, sorted by length into batches under a
+    token budget, decoded, and returned in input order. A source longer than
+    ``max_source_tokens`` is an error, or is cut to that length when ``truncate`` is set."""
+
+    tokenizer: PairTokenizer
+    data_cfg: DataConfig
+    model_cfg: ModelConfig
+    max_source_tokens: int = 1024
+
+    def decode_ids(self, sources: list[list[int]], opts: DecodingOptions) -> list[list[Hypothesis]]:
+        raise NotImplementedError
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.src.encode(normalize(text, self.data_cfg.lowercase, self.data_cfg.ascii_fold))
 
+    def source_limit(self) -> int:
+        if self.model_cfg.family == "transformer":
+            return min(self.max_source_tokens, self.model_cfg.max_positions - 1)
+        return self.max_source_tokens
+
     def translate(self, sentences: list[str], opts: DecodingOptions = DecodingOptions(),
-                  max_tokens: int = 2000, progress: bool = False) -> list[list[Translation]]:
+                  max_tokens: int = 2000, progress: bool = False, truncate: bool = False) -> list[list[Translation]]:
         """The n-best translations of each sentence; an empty source gives one empty translation."""
         validate_decoding_options(opts)
         ids = [self.encode(s) for s in sentences]
-        limit = self.model_cfg.max_positions if self.model_cfg.family == "transformer" else None
+        limit = self.source_limit()
         for i, seq in enumerate(ids):
-            if limit and len(seq) + 1 > limit:
-                raise ValueError(f"sentence {i + 1} has {len(seq)} tokens; this model reads at most {limit - 1}")
+            if len(seq) > limit:
+                if not truncate:
+                    raise ValueError(f"sentence {i + 1} has {len(seq)} tokens; this model reads at most {limit} "
+                                     "(split the sentence, or ask for truncation)")
+                ids[i] = seq[:limit]
         results: list[list[Translation]] = [[Translation("", [], 0.0, 0.0)] if not seq else [] for seq in ids]
         order = sorted((i for i, seq in enumerate(ids) if seq), key=lambda i: len(ids[i]))
         bar = tqdm(total=len(order), unit="sent", disable=not progress)
@@ -83,8 +99,7 @@ class Translator:
             while end < len(order) and (end - start + 1) * (len(ids[order[end]]) + 1) * opts.beam_size <= max_tokens:
                 end += 1
             chunk = order[start:end]
-            batch = collate([make_example(ids[i], []) for i in chunk], range(len(chunk))).to(self.device)
-            for i, hyps in zip(chunk, decode(self.model, batch.src, batch.src_lengths, opts)):
+            for i, hyps in zip(chunk, self.decode_ids([ids[i] for i in chunk], opts)):
                 results[i] = [self._translation(h) for h in hyps]
             bar.update(len(chunk))
             start = end
@@ -93,3 +108,24 @@ class Translator:
 
     def _translation(self, h: Hypothesis) -> Translation:
         return Translation(self.tokenizer.tgt.decode(h.tokens), h.tokens, h.score, h.log_prob, h.attention)
+
+
+class Translator(TextTranslator):
+    """The reference decoder on a training checkpoint (.pt or its out_dir) or an export directory."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu"):
+        from seq2seq.export import is_export, load_export
+
+        self.device = torch.device(device)
+        if is_export(checkpoint):
+            exp = load_export(checkpoint)
+            self.model, self.tokenizer = exp.model(self.device), exp.tokenizer
+            self.checkpoint = {"path": str(exp.path), "model": exp.config["model"], "data": exp.config["data"]}
+        else:
+            self.model, self.tokenizer, self.checkpoint = load_checkpoint(checkpoint, self.device)
+        self.data_cfg = DataConfig(**self.checkpoint["data"])
+        self.model_cfg = ModelConfig(**self.checkpoint["model"])
+
+    def decode_ids(self, sources: list[list[int]], opts: DecodingOptions) -> list[list[Hypothesis]]:
+        batch = collate([make_example(seq, []) for seq in sources], range(len(sources))).to(self.device)
+        return decode(self.model, batch.src, batch.src_lengths, opts)

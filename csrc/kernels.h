@@ -1,0 +1,33 @@
+// CPU kernels of the engine, also registered as torch ops (ops.cpp) so that each can be
+// tested against a pure-PyTorch reference.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+#include <vector>
+
+namespace seq2seq {
+
+// Fused attention for each row r over its sentence n = sentence[r]:
+// scores over the first lengths[n] source positions (additive when v is given:
+// v . tanh(keys[n, s] + query[r]); dot product otherwise: keys[n, s] . query[r]), the
+// softmax, and the context sum_s weight[s] * memory[n, s], in one pass per row.
+// query (R, K), keys (N, S, K), memory (N, S, M), lengths (N), sentence (R) int64, v (K).
+// Returns context (R, M) and weights (R, S), zero past each source's length.
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query, const at::Tensor& keys,
+                                             const at::Tensor& memory, const at::Tensor& lengths,
+                                             const at::Tensor& sentence, const std::optional<at::Tensor>& v);
+
+// Log-softmax, constraints, adding the beam scores and the top-k, fused.
+// logits (R, V) with R = blocks * group rows; row_scores (R) float; eos_rule (R) int8:
+// 0 free, 1 <eos> forbidden (below the minimum length), 2 only <eos> (at the maximum).
+// Tokens in `banned` are never candidates. For each block, the `count` best of
+// row_scores[row] + log_softmax(logits[row])[token] over its group x V candidates, best
+// first, ties to the lowest token id, then the lowest row in the group; the index of a
+// candidate is token * group + row_in_group. Missing candidates are -inf with index -1.
+std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, const at::Tensor& row_scores,
+                                                   const at::Tensor& eos_rule, at::IntArrayRef banned,
+                                                   int64_t eos, int64_t group, int64_t count);
+
+}  // namespace seq2seq

@@ -1,0 +1,92 @@
+"""The C++ engine (seq2seq._C) on an export directory.
+
+    engine = Engine("exports/demo", threads=2)
+    engine.translate(["Il fait beau."], DecodingOptions(beam_size=5))[0][0].text
+    engine.translate_ids([[57, 912, 6]], DecodingOptions(beam_size=1))   # token ids, no <eos>
+
+The engine follows the rules of seq2seq/decoding.py and gives the same tokens as the Python
+reference; the whole decoding call runs in C++ with the GIL released, so one Engine may be
+shared by many threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from seq2seq.config import DecodingOptions, validate_decoding_options
+from seq2seq.decoding import Hypothesis
+from seq2seq.export import ExportError, load_export
+from seq2seq.translate import TextTranslator
+
+COMPUTE_TYPES = ("float32",)
+SUPPORTED_FAMILIES = ("rnn", "attention")
+
+
+def extension():
+    """The compiled module, with a message that says how to build it when it is missing."""
+    try:
+        from seq2seq import _C
+    except ImportError as e:
+        raise ImportError(f"the C++ engine (seq2seq._C) is not built ({e}); build it with `make setup` "
+                          "or `pip install --no-build-isolation -e .`") from None
+    return _C
+
+
+class Engine(TextTranslator):
+    def __init__(self, export_dir: str | Path, device: str = "cpu", threads: int = 0,
+                 compute_type: str = "float32", max_source_tokens: int = 1024):
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"device {device!r}: the engine runs on the CPU; use device='cpu'")
+        if compute_type not in COMPUTE_TYPES:
+            raise ValueError(f"compute_type {compute_type!r} is not available; choose from {COMPUTE_TYPES}")
+        if not isinstance(threads, int) or threads < 0:
+            raise ValueError(f"threads must be an integer >= 0 (0: torch's default), not {threads!r}")
+        if max_source_tokens < 1:
+            raise ValueError(f"max_source_tokens must be at least 1, not {max_source_tokens}")
+        exp = load_export(export_dir)
+        cfg = exp.model_cfg
+        if cfg.family not in SUPPORTED_FAMILIES:
+            raise ExportError(f"{exp.path}: the C++ engine runs {' and '.join(SUPPORTED_FAMILIES)} models; "
+                              f"this is a {cfg.family} model: translate it with the Python reference "
+                              "(seq2seq translate --model DIR, or --backend python)")
+        _C = extension()
+        spec = _C.ModelSpec()
+        for name in ("family", "cell", "attention", "src_vocab", "tgt_vocab", "emb_dim", "hidden", "layers",
+                     "attention_dim", "bidirectional", "context_feed", "input_feed"):
+            setattr(spec, name, getattr(cfg, name))
+        self._engine = _C.Engine(spec, exp.tensors, threads)
+        self.export, self.model_cfg, self.data_cfg, self.tokenizer = exp, cfg, exp.data_cfg, exp.tokenizer
+        self.compute_type, self.threads, self.max_source_tokens = compute_type, threads, max_source_tokens
+        self.device = torch.device("cpu")
+
+    def translate_ids(self, sources, opts: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
+        """n-best hypotheses for sources given as lists (or 1-d integer tensors) of token ids,
+        without <eos>."""
+        validate_decoding_options(opts)
+        ids = []
+        for i, seq in enumerate(sources):
+            if isinstance(seq, torch.Tensor):
+                if seq.dim() != 1 or seq.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+                    raise ValueError(f"sentence {i + 1}: a tensor of token ids must be 1-d and of an integer "
+                                     f"dtype, not {seq.dim()}-d {seq.dtype}")
+                seq = seq.tolist()
+            elif not isinstance(seq, (list, tuple)) or not all(isinstance(t, int) for t in seq):
+                raise ValueError(f"sentence {i + 1}: expected a list of integer token ids")
+            if len(seq) > self.source_limit():
+                raise ValueError(f"sentence {i + 1} has {len(seq)} tokens; this engine reads at most "
+                                 f"{self.source_limit()} (max_source_tokens)")
+            ids.append(list(seq))
+        return self.decode_ids(ids, opts)
+
+    def decode_ids(self, sources: list[list[int]], opts: DecodingOptions) -> list[list[Hypothesis]]:
+        options = extension().DecodeOptions()
+        for f in fields(DecodingOptions):
+            setattr(options, f.name, getattr(opts, f.name))
+        try:
+            results = self._engine.translate(sources, options)
+        except (ValueError, TypeError) as e:
+            raise ValueError(str(e)) from None
+        return [[Hypothesis(list(h.tokens), h.score, h.log_prob, h.attention) for h in hyps] for hyps in results]
