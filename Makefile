@@ -21,7 +21,8 @@ endif
 .PHONY: setup demo test
 setup: $(STAMP)
 
-$(STAMP): requirements.txt setup.py Makefile
+# The C++ engine is rebuilt when its sources change.
+$(STAMP): requirements.txt setup.py Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/sources.txt)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_$(TORCH)) -r requirements.txt
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
@@ -38,7 +39,7 @@ demo: setup $(DEMO)/trained
 	$(S2S) plot-attention --model $(DEMO)/best.pt "Nous avons acheté une voiture rouge." --out $(DEMO)
 
 # Trained once; an interrupted run resumes from its last checkpoint.
-$(DEMO)/trained: $(DEMO_RECIPE) $(STAMP)
+$(DEMO)/trained: $(DEMO_RECIPE) | $(STAMP)
 	$(S2S) train $(DEMO_RECIPE) --out_dir=$(DEMO) $$(test -f $(DEMO)/last.pt && echo --resume)
 	touch $@
 

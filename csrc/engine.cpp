@@ -280,10 +280,10 @@ std::vector<std::vector<Hypothesis>> Engine::translate(const std::vector<std::ve
   for (size_t i = 0; i < sources.size(); ++i) {
     check(!sources[i].empty(), "sentence " + std::to_string(i + 1) + " is empty; an empty source has no translation");
     for (auto id : sources[i])
-      check(id > kEos && id < spec_.src_vocab,
+      check(id == kUnk || (id > kEos && id < spec_.src_vocab),
             "sentence " + std::to_string(i + 1) + " holds token id " + std::to_string(id) +
-                ": source ids must be within " + std::to_string(kEos + 1) + ".." + std::to_string(spec_.src_vocab - 1) +
-                " (the special tokens are added by the engine)");
+                ": source ids must be 1 (<unk>) or within " + std::to_string(kEos + 1) + ".." +
+                std::to_string(spec_.src_vocab - 1) + " (<pad>, <bos> and <eos> are placed by the engine)");
   }
   if (sources.empty()) return {};
   c10::InferenceMode guard;

@@ -28,7 +28,7 @@ SUPPORTED_FAMILIES = ("rnn", "attention")
 def extension():
     """The compiled module, with a message that says how to build it when it is missing."""
     try:
-        from seq2seq import _C
+        from seq2seq import _C, ops  # noqa: F401
     except ImportError as e:
         raise ImportError(f"the C++ engine (seq2seq._C) is not built ({e}); build it with `make setup` "
                           "or `pip install --no-build-isolation -e .`") from None

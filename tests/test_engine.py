@@ -1,0 +1,254 @@
+"""The C++ engine against the Python reference decoder (seq2seq/decoding.py) and its ops
+against pure-PyTorch references."""
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq.config import DecodingOptions
+from seq2seq.data import BOS, EOS, PAD
+from seq2seq.engine import Engine
+from seq2seq.export import ExportError
+from seq2seq.translate import Translator
+from tests.exports import random_export
+from tests.test_models import FAMILIES, SMALL
+
+pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
+import seq2seq.ops  # noqa: E402,F401  (the ops' fake-tensor shapes)
+ENGINE_FAMILIES = sorted(name for name in FAMILIES if not name.startswith("transformer"))
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    return {name: random_export(root / name, name) for name in ENGINE_FAMILIES}
+
+
+def random_sources(n, seed, longest=15):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, SMALL["src_vocab"], (int(k),), generator=gen).tolist()
+            for k in torch.randint(1, longest + 1, (n,), generator=gen)]
+
+
+def assert_same(engine_hyps, python_hyps, atol=1e-4):
+    assert len(engine_hyps) == len(python_hyps)
+    for i, (e, p) in enumerate(zip(engine_hyps, python_hyps)):
+        assert [h.tokens for h in e] == [h.tokens for h in p], f"sentence {i}"
+        for a, b in zip(e, p):
+            assert a.score == pytest.approx(b.score, abs=atol) and a.log_prob == pytest.approx(b.log_prob, abs=atol)
+            if b.attention is not None:
+                torch.testing.assert_close(a.attention, b.attention, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Ops against pure-PyTorch references
+
+
+def attention_reference(query, keys, memory, lengths, sentence, v):
+    k, m = keys[sentence], memory[sentence]
+    if v is None:
+        scores = torch.bmm(k, query.unsqueeze(-1)).squeeze(-1)
+    else:
+        scores = (torch.tanh(k + query.unsqueeze(1)) * v).sum(-1)
+    mask = torch.arange(keys.size(1)) < lengths[sentence].unsqueeze(1)
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+    return torch.bmm(weights.unsqueeze(1), m).squeeze(1), weights
+
+
+def attention_inputs(additive, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    N, S, K, M, R = 3, 7, 16, 12, 8
+    query = torch.randn(R, K, generator=g)
+    keys, memory = torch.randn(N, S, K, generator=g) * 2, torch.randn(N, S, M, generator=g)
+    lengths = torch.tensor([7, 1, 4])
+    sentence = torch.tensor([0, 0, 2, 1, 1, 2, 0, 2])
+    v = torch.randn(K, generator=g) if additive else None
+    return query, keys, memory, lengths, sentence, v
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_attention_op_matches_reference(additive):
+    args = attention_inputs(additive)
+    context, weights = torch.ops.seq2seq.attention(*args)
+    ref_context, ref_weights = attention_reference(*args)
+    torch.testing.assert_close(weights, ref_weights, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(context, ref_context, atol=1e-6, rtol=1e-5)
+    assert (weights[3, 1:] == 0).all()  # past the source's length: exactly zero
+    # A non-contiguous query gives the same answer.
+    q = torch.stack([args[0], args[0]], -1)[..., 0]
+    assert not q.is_contiguous()
+    torch.testing.assert_close(torch.ops.seq2seq.attention(q, *args[1:])[0], context)
+    torch.library.opcheck(torch.ops.seq2seq.attention.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def candidates_reference(logits, row_scores, rule, banned, eos, group, count):
+    lp = F.log_softmax(logits, -1)
+    lp[:, banned] = float("-inf")
+    lp[rule == 1, eos] = float("-inf")
+    only = lp[rule == 2, eos]
+    lp[rule == 2] = float("-inf")
+    lp[rule == 2, eos] = only
+    total = row_scores.unsqueeze(1) + lp
+    blocks, V = logits.size(0) // group, logits.size(1)
+    flat = total.view(blocks, group, V).transpose(1, 2).reshape(blocks, V * group)  # token-major
+    scores, index = flat.sort(dim=1, descending=True, stable=True)
+    scores, index = scores[:, :count], index[:, :count].clone()
+    index[scores == float("-inf")] = -1
+    return scores, index
+
+
+def test_beam_candidates_op_matches_reference():
+    g = torch.Generator().manual_seed(1)
+    group, V = 4, 50
+    logits = torch.randn(3 * group, V, generator=g)
+    logits[:, 10] = logits[:, 11]  # ties between tokens ...
+    logits[1] = logits[0]  # ... and between beams
+    row_scores = -torch.rand(3 * group, generator=g) * 3
+    row_scores[1] = row_scores[0]
+    row_scores[5] = float("-inf")  # a dead beam
+    rule = torch.tensor([0, 0, 1, 0, 2, 0, 0, 0, 2, 2, 2, 2], dtype=torch.int8)
+    for count in (1, 8, 30):
+        args = (logits, row_scores, rule, [PAD, BOS], EOS, group, count)
+        scores, index = torch.ops.seq2seq.beam_candidates(*args)
+        ref_scores, ref_index = candidates_reference(*args)
+        torch.testing.assert_close(scores, ref_scores, atol=1e-5, rtol=0)
+        assert torch.equal(index, ref_index)
+    # The last block can only end: 4 <eos> candidates, the rest missing.
+    assert (index[2, :4] // group == EOS).all() and (index[2, 4:] == -1).all()
+    torch.library.opcheck(torch.ops.seq2seq.beam_candidates.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_op_errors_are_clear():
+    query, keys, memory, lengths, sentence, v = attention_inputs(True)
+    with pytest.raises(Exception, match="keys' last dimension"):
+        torch.ops.seq2seq.attention(query[:, :5], keys, memory, lengths, sentence, v)
+    with pytest.raises(Exception, match="lengths must be within"):
+        torch.ops.seq2seq.attention(query, keys, memory, torch.tensor([0, 1, 2]), sentence, v)
+    with pytest.raises(Exception, match="float32"):
+        torch.ops.seq2seq.attention(query.double(), keys, memory, lengths, sentence, v)
+    with pytest.raises(Exception, match="multiple of group"):
+        torch.ops.seq2seq.beam_candidates(torch.zeros(5, 9), torch.zeros(5), torch.zeros(5, dtype=torch.int8),
+                                          [], 3, 2, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Parity with the Python reference
+
+
+@pytest.mark.parametrize("family", ENGINE_FAMILIES)
+def test_parity_with_python_reference(exports, family):
+    engine, reference = Engine(exports[family]), Translator(exports[family])
+    sources = random_sources(12, seed=len(family))
+    for beam in (1, 5, 10):
+        opts = DecodingOptions(beam_size=beam, n_best=min(beam, 3), length_penalty="gnmt",
+                               max_length_ratio=1.5, max_length_extra=3, return_attention=True)
+        assert_same(engine.translate_ids(sources, opts), reference.decode_ids(sources, opts))
+
+
+@pytest.mark.parametrize("family", ["bahdanau-gru-bi", "luong-general", "bigru-context-feed"])
+@pytest.mark.parametrize("beam", [1, 5])
+def test_alone_equals_inside_a_batch_of_64(exports, family, beam):
+    engine = Engine(exports[family])
+    sources = random_sources(64, seed=3)
+    opts = DecodingOptions(beam_size=beam, n_best=min(beam, 2), max_length_ratio=1.0, max_length_extra=4,
+                           return_attention=True)
+    together = engine.translate_ids(sources, opts)
+    for i in range(0, 64, 7):
+        assert_same(engine.translate_ids([sources[i]], opts), [together[i]], atol=1e-5)
+
+
+@pytest.mark.parametrize("opts", [
+    DecodingOptions(beam_size=4, length_penalty="average", min_length=3, early_stop=False),
+    DecodingOptions(beam_size=3, min_length_ratio=1.0, max_length=6, max_length_ratio=0),
+    DecodingOptions(beam_size=1, min_length=2, max_length=4),
+    DecodingOptions(beam_size=6, n_best=6, length_penalty="gnmt", alpha=1.0, max_length=1),
+], ids=["average-no-early-stop", "min-ratio-max-abs", "greedy-limits", "max-length-1"])
+def test_parity_under_length_options(exports, opts):
+    family = "luong-concat"
+    sources = random_sources(10, seed=11)
+    assert_same(Engine(exports[family]).translate_ids(sources, opts), Translator(exports[family]).decode_ids(sources, opts))
+
+
+def test_text_translation_and_empty_lines(exports):
+    engine, reference = Engine(exports["bahdanau"]), Translator(exports["bahdanau"])
+    lines = ["w1 w2 w3", "", "w5 unknownword w9"]
+    a, b = engine.translate(lines, DecodingOptions(beam_size=3)), reference.translate(lines, DecodingOptions(beam_size=3))
+    assert [x[0].text for x in a] == [x[0].text for x in b]
+    assert a[1][0].text == "" and a[1][0].tokens == []
+
+
+def test_many_threads_share_one_engine(exports):
+    engine = Engine(exports["bahdanau-gru-bi"], threads=1)
+    sources = random_sources(16, seed=5)
+    opts = DecodingOptions(beam_size=4)
+    expected = [[h.tokens for h in n] for n in engine.translate_ids(sources, opts)]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            results[i] = [[h.tokens for h in n] for n in engine.translate_ids(sources[i:] + sources[:i], opts)]
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, got in results.items():
+        assert got == expected[i:] + expected[:i]
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: a clear exception, and the engine keeps working
+
+
+def test_bad_inputs_are_named_and_the_engine_survives(exports):
+    engine = Engine(exports["bahdanau"])
+    good = engine.translate_ids([[5, 6, 7]], DecodingOptions(beam_size=2))
+    cases = [
+        ([[5, SMALL["src_vocab"]]], DecodingOptions(), "token id 23"),
+        ([[5, -1]], DecodingOptions(), "token id -1"),
+        ([[5, EOS]], DecodingOptions(), "token id 3"),
+        ([[]], DecodingOptions(), "sentence 1 is empty"),
+        ([[5] * 2000], DecodingOptions(), "at most 1024"),
+        ([[5, 6]], DecodingOptions(beam_size=0), "beam_size"),
+        ([[5, 6]], DecodingOptions(beam_size=100_000), "beam_size"),
+        ([[5, 6]], DecodingOptions(max_length=0), "max_length"),
+        ([[5, 6]], DecodingOptions(n_best=3, beam_size=2), "n_best"),
+        ([torch.tensor([5.0, 6.0])], DecodingOptions(), "integer dtype"),
+        ([torch.tensor([[5, 6]])], DecodingOptions(), "1-d"),
+        ([["w5"]], DecodingOptions(), "list of integer token ids"),
+    ]
+    for sources, opts, message in cases:
+        with pytest.raises(ValueError, match=message):
+            engine.translate_ids(sources, opts)
+    non_contiguous = torch.tensor([5, 0, 6, 0, 7])[::2]
+    assert [h.tokens for h in engine.translate_ids([non_contiguous], DecodingOptions(beam_size=2))[0]] == \
+        [h.tokens for h in good[0]]
+    assert [h.tokens for h in engine.translate_ids([[5, 6, 7]], DecodingOptions(beam_size=2))[0]] == \
+        [h.tokens for h in good[0]]
+
+
+def test_too_long_text_is_an_error_or_truncated_on_request(exports):
+    engine = Engine(exports["bahdanau"], max_source_tokens=4)
+    with pytest.raises(ValueError, match="sentence 1 has 6 tokens; this model reads at most 4"):
+        engine.translate(["w1 w2 w3 w4 w5 w6"])
+    cut = engine.translate(["w1 w2 w3 w4 w5 w6"], truncate=True)
+    assert cut[0][0].tokens == engine.translate(["w1 w2 w3 w4"])[0][0].tokens
+
+
+def test_engine_refuses_what_it_cannot_run(exports, tmp_path):
+    with pytest.raises(ExportError, match="transformer model: translate it with the Python reference"):
+        Engine(random_export(tmp_path / "tf", "transformer-pre"))
+    with pytest.raises(ValueError, match="compute_type 'float16'"):
+        Engine(exports["lstm"], compute_type="float16")
+    with pytest.raises(ValueError, match="threads"):
+        Engine(exports["lstm"], threads=-1)
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Engine(exports["lstm"], device="cuda")
