@@ -188,13 +188,33 @@ def cmd_translate(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from seq2seq.data import load_dataset
-    from seq2seq.evaluate import evaluate, markdown, write_report
+def load_backend(backend: str, model: str, device: str, threads: int, folder: Path):
+    """The C++ engine on an export (a checkpoint is exported into ``folder`` first), or the
+    Python reference decoder."""
+    from seq2seq.export import export, is_export
     from seq2seq.translate import Translator
 
+    if backend == "python":
+        return Translator(model, device=device)
+    from seq2seq.engine import Engine
+
+    if not is_export(model):
+        model = export(model, folder / "export")
+    return Engine(model, threads=threads)
+
+
+def cmd_evaluate(args) -> int:
+    import json
+    import tempfile
+
+    from seq2seq.data import load_dataset
+    from seq2seq.evaluate import evaluate, markdown, parity, write_report
+
     opts = decoding_options(args)  # bad options fail before the model loads
-    translator = Translator(args.model, device=args.device)
+    backends = ["cpp", "python"] if args.backend == "both" else [args.backend]
+    with tempfile.TemporaryDirectory() as tmp:
+        translators = {b: load_backend(b, args.model, args.device, args.threads, Path(tmp)) for b in backends}
+    first = translators[backends[0]]
     if args.src_file or args.ref_file:
         if not (args.src_file and args.ref_file):
             raise ValueError("give both --src-file and --ref-file, or neither (to use --split)")
@@ -204,14 +224,32 @@ def cmd_evaluate(args) -> int:
             raise ValueError(f"--src-file has {len(srcs)} lines but --ref-file has {len(refs)}; they must be aligned")
         pairs, split = list(zip(srcs, refs)), f"{args.src_file} / {args.ref_file}"
     else:
-        cfg = translator.data_cfg
+        cfg = first.data_cfg
         if args.data_dir:
             cfg.data_dir = args.data_dir
         pairs, split = load_dataset(cfg, [args.split]).splits[args.split], args.split
-    report = evaluate(translator, pairs, opts, split=split, progress=not args.quiet)
-    print(markdown(report))
-    if args.out:
-        print(f"report, hypotheses: {write_report(report, args.out)}")
+    reports = {}
+    for backend, translator in translators.items():
+        reports[backend] = evaluate(translator, pairs, opts, split=split, progress=not args.quiet)
+        reports[backend]["backend"] = backend
+        print(markdown(reports[backend]))
+        if args.out:
+            out = Path(args.out) / backend if len(backends) > 1 else Path(args.out)
+            print(f"report, hypotheses: {write_report(reports[backend], out)}\n")
+    if len(backends) > 1:
+        cpp, python = reports["cpp"], reports["python"]
+        same = parity([s for s, _ in pairs], cpp, python)
+        print("| backend | BLEU | chrF | sentences/s |\n|---|---:|---:|---:|")
+        for name, r in reports.items():
+            print(f"| {name} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['sentences_per_s']:.1f} |")
+        print(f"\nparity: {same['identical']} of {same['sentences']} translations identical "
+              f"(C++ {cpp['sentences_per_s'] / python['sentences_per_s']:.1f}x the Python reference's speed)")
+        if same["first_difference"]:
+            d = same["first_difference"]
+            print(f"first difference, sentence {d['index'] + 1}: {d['source']}\n  cpp:    {d['first']}\n"
+                  f"  python: {d['second']}")
+        if args.out:
+            (Path(args.out) / "parity.json").write_text(json.dumps(same, indent=1, ensure_ascii=False) + "\n")
     return 0
 
 
@@ -342,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="", help="where the corpus is (default: as in training)")
     p.add_argument("--src-file", help="score these sources ...")
     p.add_argument("--ref-file", help="... against these references instead of a split")
-    p.add_argument("--out", help="folder for report.json, report.md and hypotheses.txt")
+    p.add_argument("--out", help="folder for report.json, report.md and hypotheses.txt (per backend with both)")
+    p.add_argument("--backend", choices=("python", "cpp", "both"), default="python",
+                   help="the Python reference decoder, the C++ engine, or both with their parity")
+    p.add_argument("--threads", type=int, default=0, help="C++ engine: intra-op threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 

@@ -61,6 +61,15 @@ class Engine(TextTranslator):
         self.export, self.model_cfg, self.data_cfg, self.tokenizer = exp, cfg, exp.data_cfg, exp.tokenizer
         self.compute_type, self.threads, self.max_source_tokens = compute_type, threads, max_source_tokens
         self.device = torch.device("cpu")
+        self.checkpoint = {"path": str(exp.path)}
+        self._model = None
+
+    @property
+    def model(self):
+        """The Python model of the same weights, for what decoding does not give: perplexity."""
+        if self._model is None:
+            self._model = self.export.model()
+        return self._model
 
     def translate_ids(self, sources, opts: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:
         """n-best hypotheses for sources given as lists (or 1-d integer tensors) of token ids,

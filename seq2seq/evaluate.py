@@ -79,11 +79,22 @@ def evaluate(translator: Translator, pairs: list[tuple[str, str]], opts: Decodin
     return report
 
 
+def parity(sources: list[str], first: dict, second: dict) -> dict:
+    """How many outputs of two evaluations of the same sentences are identical."""
+    a, b = first["hypotheses"], second["hypotheses"]
+    same = [x == y for x, y in zip(a, b)]
+    result = {"identical": sum(same), "sentences": len(same), "first_difference": None}
+    if not all(same):
+        i = same.index(False)
+        result["first_difference"] = {"index": i, "source": sources[i], "first": a[i], "second": b[i]}
+    return result
+
+
 def markdown(report: dict) -> str:
     d = report["decoding"]
     search = "greedy" if d["beam_size"] == 1 else f"beam {d['beam_size']}, {d['length_penalty']} length penalty"
     lines = [
-        f"**{report['family']}** model `{report['model']}` on {report['corpus']} {report['languages']} "
+        f"**{report['family']}** model{' (' + report['backend'] + ' backend)' if report.get('backend') else ''} `{report['model']}` on {report['corpus']} {report['languages']} "
         f"`{report['split']}` ({report['sentences']:,} sentences), {search}",
         "",
         "| BLEU | chrF | perplexity | token acc. | sequence acc. | sentences/s |",

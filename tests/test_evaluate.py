@@ -156,3 +156,16 @@ def test_families_study_small(tmp_path):
     assert (tmp_path / "families_bleu_by_length.png").read_bytes()[:4] == b"\x89PNG"
     table = markdown_families(rows)
     assert table.count("| vanilla GRU |") == 1 and "BLEU 1-8" in table
+
+
+def test_evaluate_both_backends_reports_parity(attention_ckpt, tmp_path, capsys):
+    pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
+    out = tmp_path / "both"
+    assert main(["evaluate", "--model", str(attention_ckpt), "--split", "test", "--beam-size", "3",
+                 "--backend", "both", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "parity: 40 of 40 translations identical" in printed and "| cpp |" in printed
+    cpp, python = (json.loads((out / b / "report.json").read_text()) for b in ("cpp", "python"))
+    assert cpp["bleu"] == python["bleu"] > 50 and cpp["backend"] == "cpp"
+    assert (out / "cpp" / "hypotheses.txt").read_text() == (out / "python" / "hypotheses.txt").read_text()
+    assert json.loads((out / "parity.json").read_text())["first_difference"] is None
