@@ -1,5 +1,6 @@
 # make setup [TORCH=cpu|cuda]   create .venv and install (idempotent)
-# make demo                     the main job: train (or reuse) a French->English model, translate, score, plot
+# make demo                     the main job: train (or reuse) a French->English model, translate, export,
+#                               score with the C++ engine and the Python reference (BLEU, parity), plot
 # make test                     the whole test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -35,7 +36,8 @@ DEMO_RECIPE := recipes/tatoeba_fr_en_demo.toml
 demo: setup $(DEMO)/trained
 	printf '%s\n' "Il fait beau aujourd'hui." "Je ne sais pas ce qu'il veut." "Nous avons acheté une voiture rouge." \
 	  | $(S2S) translate --model $(DEMO)/best.pt --beam-size 5
-	$(S2S) evaluate --model $(DEMO)/best.pt --split test --beam-size 5 --out $(DEMO)/eval --quiet
+	$(S2S) export $(DEMO)/best.pt $(DEMO)/export
+	$(S2S) evaluate --model $(DEMO)/export --split test --beam-size 5 --backend both --out $(DEMO)/eval --quiet
 	$(S2S) plot-attention --model $(DEMO)/best.pt "Nous avons acheté une voiture rouge." --out $(DEMO)
 
 # Trained once; an interrupted run resumes from its last checkpoint.
