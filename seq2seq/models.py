@@ -364,6 +364,14 @@ class Transformer(Seq2Seq):
         d = cfg.d_model
         self.src_embed = nn.Embedding(cfg.src_vocab, d, padding_idx=PAD)
         self.tgt_embed = nn.Embedding(cfg.tgt_vocab, d, padding_idx=PAD)
+        # Embeddings are scaled by sqrt(d) on input; drawing them with std d^-0.5 keeps the
+        # scaled input at unit variance and, when the output layer shares the target table,
+        # the initial logits near unit scale. nn.Embedding's N(0, 1) gives logits of std
+        # sqrt(d) there and a first loss in the hundreds, which the run then never recovers from.
+        for table in (self.src_embed, self.tgt_embed):
+            nn.init.normal_(table.weight, std=d ** -0.5)
+            with torch.no_grad():
+                table.weight[PAD].zero_()
         if cfg.positions == "learned":
             self.pos = nn.Embedding(cfg.max_positions, d)
         else:

@@ -85,6 +85,17 @@ FAMILY_MODELS = {
 FAMILY_LENGTH_BUCKETS = (8, 12, 16, 20, 25)  # Multi30k sources are short: finer buckets
 
 
+def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """Rows of a rerun replace the same models' rows in an earlier results file; the rest
+    are kept, in the study's order, so one model can be rerun without retraining all."""
+    if not path.exists():
+        return rows
+    fresh = {r["model"]: r for r in rows}
+    kept = [r for r in json.loads(path.read_text()) if r["model"] not in fresh]
+    order = {name: i for i, name in enumerate(FAMILY_MODELS)}
+    return sorted(kept + rows, key=lambda r: order.get(r["model"], len(order)))
+
+
 def families_study(out: str | Path, corpus: str = "multi30k", src: str = "de", tgt: str = "en",
                    split: str = "test_2016_flickr", epochs: int = 2, beam: int = 5, models=None,
                    overrides=(), log=print) -> list[dict]:
@@ -116,6 +127,7 @@ def families_study(out: str | Path, corpus: str = "multi30k", src: str = "de", t
                      "bleu_signature": report["bleu_signature"], "bleu_by_source_length": by_length})
         log(f"{name:26} BLEU {report['bleu']:5.2f}  chrF {report['chrf']:5.2f}  ppl {report['perplexity']:7.2f}  "
             f"{report['parameters'] / 1e6:5.1f}M params  {seconds / 60:5.1f} min")
+    rows = merge_rows(out / "families.json", rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "families.json").write_text(json.dumps(rows, indent=1) + "\n")
     buckets = [b["bucket"] for b in rows[0]["bleu_by_source_length"]]

@@ -157,6 +157,12 @@ def test_families_study_small(tmp_path):
     table = markdown_families(rows)
     assert table.count("| vanilla GRU |") == 1 and "BLEU 1-8" in table
 
+    # rerunning one model replaces its row and keeps the others
+    again = families_study(tmp_path, corpus="reverse", src="", tgt="", split="test", epochs=1, beam=2,
+                           models=["vanilla GRU"], overrides=[*small, "--hidden=48"], log=lambda *_: None)
+    assert [r["model"] for r in again] == models
+    assert again[0]["parameters"] != rows[0]["parameters"] and again[1:] == rows[1:]
+
 
 def test_evaluate_both_backends_reports_parity(attention_ckpt, tmp_path, capsys):
     pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
