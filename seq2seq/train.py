@@ -259,10 +259,10 @@ def pick_device(cfg: TrainConfig) -> torch.device:
 
 
 def save_checkpoint(ckpt: dict, out: Path, best: bool) -> None:
-    torch.save(ckpt, out / "last.pt.tmp")  # a crash while writing leaves the previous last.pt intact
-    (out / "last.pt.tmp").replace(out / "last.pt")
-    if best:
-        torch.save(ckpt, out / "best.pt")
+    # Written beside and renamed: a process killed while writing leaves the previous file intact.
+    for name in ("last.pt", "best.pt") if best else ("last.pt",):
+        torch.save(ckpt, out / f"{name}.tmp")
+        (out / f"{name}.tmp").replace(out / name)
 
 
 def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
