@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from seq2seq.config import DecodingOptions
 from seq2seq.plots import plot_lines
 
@@ -116,7 +118,8 @@ def families_study(out: str | Path, corpus: str = "multi30k", src: str = "de", t
         started = time.perf_counter()
         train(*load_recipe(None, args), log=lambda *_: None, progress=False)
         seconds = time.perf_counter() - started
-        translator = Translator(run_dir / "best.pt")
+        # Training picks CUDA when there is one ("auto"); scoring goes where training went.
+        translator = Translator(run_dir / "best.pt", device="cuda" if torch.cuda.is_available() else "cpu")
         pairs = load_dataset(translator.data_cfg, [split]).splits[split]
         report = evaluate(translator, pairs, DecodingOptions(beam_size=beam), split=split)
         by_length = score(report["hypotheses"], [t for _, t in pairs], [s for s, _ in pairs],
