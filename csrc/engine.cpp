@@ -82,8 +82,22 @@ at::Tensor Engine::get(const Weights& w, const std::string& name, std::vector<in
   return t.contiguous();
 }
 
-Engine::Engine(ModelSpec spec, const Weights& w, int64_t threads) : spec_(std::move(spec)) {
+Engine::Dense Engine::dense(at::Tensor w, at::Tensor b) const {
+  Dense d{std::move(w), std::move(b), c10::IValue()};
+  if (int8_) d.packed = pack_int8(d.w, d.b.defined() ? std::optional<at::Tensor>(d.b) : std::nullopt);
+  return d;
+}
+
+at::Tensor Engine::apply(const Dense& d, const at::Tensor& x) const {
+  return int8_ ? linear_int8(x, d.packed) : at::linear(x, d.w, d.b);
+}
+
+Engine::Engine(ModelSpec spec, const Weights& w, int64_t threads, const std::string& compute_type)
+    : spec_(std::move(spec)), compute_type_(compute_type) {
   const auto& s = spec_;
+  check(compute_type == "float32" || compute_type == "int8",
+        "compute_type must be float32 or int8, not " + compute_type);
+  int8_ = compute_type == "int8";
   check(s.family == "rnn" || s.family == "attention",
         "the engine runs the rnn and attention families; a " + s.family +
             " export is not supported yet: translate it with the Python reference (--backend python)");
@@ -119,31 +133,29 @@ Engine::Engine(ModelSpec spec, const Weights& w, int64_t threads) : spec_(std::m
   for (int64_t l = 0; l < s.layers; ++l) {
     const std::string sfx = "_l" + std::to_string(l);
     const int64_t in = l == 0 ? E + feed : H;
-    dec_.push_back({get(w, "rnn.weight_ih" + sfx, {gates * H, in}), get(w, "rnn.weight_hh" + sfx, {gates * H, H}),
-                    get(w, "rnn.bias_ih" + sfx, {gates * H}), get(w, "rnn.bias_hh" + sfx, {gates * H})});
+    dec_.push_back({dense(get(w, "rnn.weight_ih" + sfx, {gates * H, in}), get(w, "rnn.bias_ih" + sfx, {gates * H})),
+                    dense(get(w, "rnn.weight_hh" + sfx, {gates * H, H}), get(w, "rnn.bias_hh" + sfx, {gates * H}))});
   }
   int64_t out_in = H;
   if (s.family == "rnn") out_in = H + (s.context_feed ? H : 0);
   else if (!luong_) out_in = 2 * H + E;
-  out_w_ = get(w, "out.weight", {s.tgt_vocab, out_in});
-  out_b_ = get(w, "out.bias", {s.tgt_vocab});
+  out_ = dense(get(w, "out.weight", {s.tgt_vocab, out_in}), get(w, "out.bias", {s.tgt_vocab}));
   if (attn) {
     const std::string score = additive_ ? "additive" : s.attention;
     if (additive_) {
       const int64_t A = s.attention_dim;
       check(A > 0, "attention_dim must be positive");
       key_w_ = get(w, "attn.key_proj.weight", {A, H});
-      query_w_ = get(w, "attn.query_proj.weight", {A, H});
-      query_b_ = get(w, "attn.query_proj.bias", {A});
+      query_ = dense(get(w, "attn.query_proj.weight", {A, H}), get(w, "attn.query_proj.bias", {A}));
       v_ = get(w, "attn.v.weight", {1, A}).view({A});
     } else if (s.attention == "general") {
       key_w_ = get(w, "attn.key_proj.weight", {H, H});
     }
-    if (luong_) combine_w_ = get(w, "combine.weight", {H, 2 * H});
+    if (luong_) combine_ = dense(get(w, "combine.weight", {H, 2 * H}));
   }
   // Anything else in the weights means they belong to a different model.
   size_t used = 2 + enc_params_.size() + 4 * dec_.size() + 2 + (key_w_.defined() ? 1 : 0) +
-                (query_w_.defined() ? 3 : 0) + (combine_w_.defined() ? 1 : 0);
+                (query_.w.defined() ? 3 : 0) + (combine_.w.defined() ? 1 : 0);
   check(w.size() == used, "the weights hold " + std::to_string(w.size()) + " tensors, this model uses " +
                               std::to_string(used) + ": they were exported from a different model");
 }
@@ -206,12 +218,24 @@ at::Tensor Engine::cell(const at::Tensor& x, Rows& rows) const {
   std::vector<at::Tensor> hs, cs;
   for (size_t l = 0; l < dec_.size(); ++l) {
     const auto& p = dec_[l];
-    if (lstm_) {
-      auto hc = at::lstm_cell(input, {rows.h[l], rows.c[l]}, p.w_ih, p.w_hh, p.b_ih, p.b_hh);
+    if (int8_) {  // the gate equations of nn.LSTMCell / nn.GRUCell around the int8 products
+      auto gi = apply(p.ih, input), gh = apply(p.hh, rows.h[l]);
+      if (lstm_) {
+        auto g = (gi + gh).chunk(4, 1);
+        cs.push_back(at::sigmoid(g[1]) * rows.c[l] + at::sigmoid(g[0]) * at::tanh(g[2]));
+        hs.push_back(at::sigmoid(g[3]) * at::tanh(cs.back()));
+      } else {
+        auto a = gi.chunk(3, 1), b = gh.chunk(3, 1);
+        auto z = at::sigmoid(a[1] + b[1]);
+        auto n = at::tanh(a[2] + at::sigmoid(a[0] + b[0]) * b[2]);
+        hs.push_back(n + z * (rows.h[l] - n));
+      }
+    } else if (lstm_) {
+      auto hc = at::lstm_cell(input, {rows.h[l], rows.c[l]}, p.ih.w, p.hh.w, p.ih.b, p.hh.b);
       hs.push_back(std::get<0>(hc));
       cs.push_back(std::get<1>(hc));
     } else {
-      hs.push_back(at::gru_cell(input, rows.h[l], p.w_ih, p.w_hh, p.b_ih, p.b_hh));
+      hs.push_back(at::gru_cell(input, rows.h[l], p.ih.w, p.hh.w, p.ih.b, p.hh.b));
     }
     input = hs.back();
   }
@@ -223,24 +247,24 @@ at::Tensor Engine::cell(const at::Tensor& x, Rows& rows) const {
 std::pair<at::Tensor, at::Tensor> Engine::step(const at::Tensor& prev, const Source& src, Rows& rows) const {
   auto emb = at::embedding(dec_embed_, prev);
   if (spec_.family == "rnn") {
-    if (!spec_.context_feed) return {at::linear(cell(emb, rows), out_w_, out_b_), at::Tensor()};
+    if (!spec_.context_feed) return {apply(out_, cell(emb, rows)), at::Tensor()};
     auto ctx = src.context.index_select(0, rows.sentence);
     auto top = cell(at::cat({emb, ctx}, -1), rows);
-    return {at::linear(at::cat({top, ctx}, -1), out_w_, out_b_), at::Tensor()};
+    return {apply(out_, at::cat({top, ctx}, -1)), at::Tensor()};
   }
   const std::optional<at::Tensor> v = additive_ ? std::optional<at::Tensor>(v_) : std::nullopt;
   if (!luong_) {
-    auto query = at::linear(rows.h[spec_.layers - 1], query_w_, query_b_);
+    auto query = apply(query_, rows.h[spec_.layers - 1]);
     auto [ctx, weights] = attention(query, src.keys, src.memory, src.lengths, rows.sentence, v);
     auto top = cell(at::cat({emb, ctx}, -1), rows);
-    return {at::linear(at::cat({top, ctx, emb}, -1), out_w_, out_b_), weights};
+    return {apply(out_, at::cat({top, ctx, emb}, -1)), weights};
   }
   auto top = cell(spec_.input_feed ? at::cat({emb, rows.feed}, -1) : emb, rows);
-  auto query = additive_ ? at::linear(top, query_w_, query_b_) : top;
+  auto query = additive_ ? apply(query_, top) : top;
   auto [ctx, weights] = attention(query, src.keys, src.memory, src.lengths, rows.sentence, v);
-  auto attentional = at::tanh(at::linear(at::cat({ctx, top}, -1), combine_w_));
+  auto attentional = at::tanh(apply(combine_, at::cat({ctx, top}, -1)));
   if (spec_.input_feed) rows.feed = attentional;
-  return {at::linear(attentional, out_w_, out_b_), weights};
+  return {apply(out_, attentional), weights};
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/ivalue.h>
 
 #include <map>
 #include <optional>
@@ -51,15 +52,20 @@ class Engine {
  public:
   // Weights are the state_dict tensors of the model (float32); they are checked against
   // the spec here. threads > 0 sets the intra-op thread count of the process.
-  Engine(ModelSpec spec, const Weights& weights, int64_t threads = 0);
+  // compute_type "float32" decodes with the weights as given (the parity reference);
+  // "int8" quantizes the decoder's matrices per output channel (kernels.h: pack_int8).
+  Engine(ModelSpec spec, const Weights& weights, int64_t threads = 0, const std::string& compute_type = "float32");
 
   // Sources are token ids without the appended <eos>; every sentence must be non-empty.
   std::vector<std::vector<Hypothesis>> translate(const std::vector<std::vector<int64_t>>& sources,
                                                  const DecodeOptions& opts) const;
   const ModelSpec& spec() const { return spec_; }
+  const std::string& compute_type() const { return compute_type_; }
 
  private:
-  struct Layer { at::Tensor w_ih, w_hh, b_ih, b_hh; };
+  // A linear layer: float weights, and their int8 packing when compute_type is "int8".
+  struct Dense { at::Tensor w, b; c10::IValue packed; };
+  struct Layer { Dense ih, hh; };
   // Per-sentence tensors computed once by encode; per-row tensors follow the beams.
   struct Source { at::Tensor memory, keys, lengths, context; };
   struct Rows { at::Tensor h, c, feed, sentence; };  // h, c: (layers, rows, H)
@@ -74,10 +80,14 @@ class Engine {
   std::vector<std::vector<Hypothesis>> beam(const std::vector<std::vector<int64_t>>& sources,
                                             const DecodeOptions& opts) const;
   at::Tensor get(const Weights& w, const std::string& name, std::vector<int64_t> shape) const;
+  Dense dense(at::Tensor w, at::Tensor b = at::Tensor()) const;
+  at::Tensor apply(const Dense& d, const at::Tensor& x) const;
 
   ModelSpec spec_;
-  bool lstm_, luong_, additive_;
-  at::Tensor enc_embed_, dec_embed_, out_w_, out_b_, combine_w_, key_w_, query_w_, query_b_, v_;
+  std::string compute_type_;
+  bool lstm_, luong_, additive_, int8_;
+  at::Tensor enc_embed_, dec_embed_, key_w_, v_;
+  Dense out_, query_, combine_;
   std::vector<at::Tensor> enc_params_;  // in nn.LSTM/GRU _flat_weights order
   std::vector<Layer> dec_;
 };

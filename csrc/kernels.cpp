@@ -1,6 +1,9 @@
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <ATen/cpu/Utils.h>
 
 #include <algorithm>
 #include <cmath>
@@ -179,6 +182,42 @@ std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits_in, 
     }
   });
   return {out_scores, out_index};
+}
+
+// PyTorch warns that quantized tensors are deprecated; here they are only the packing
+// format FBGEMM takes, so the warning would tell a user nothing they can act on.
+struct IgnoreWarnings : c10::WarningHandler {
+  void process(const c10::Warning&) override {}
+};
+
+c10::OperatorHandle quantized_op(const char* name) {
+  try {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  } catch (const c10::Error&) {
+    throw std::invalid_argument(std::string("compute_type int8 needs PyTorch's ") + name +
+                                " (FBGEMM), which this torch build lacks; use compute_type float32");
+  }
+}
+
+c10::IValue pack_int8(const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_float(weight, "weight", 2);
+  static const auto prepack = quantized_op("quantized::linear_prepack");
+  IgnoreWarnings quiet;
+  c10::WarningUtils::WarningHandlerGuard guard(&quiet);
+  const auto w = weight.contiguous();
+  const auto scales = (w.abs().amax(1) / 127.0).clamp_min(1e-12).to(at::kDouble);
+  const auto q = at::quantize_per_channel(w, scales, at::zeros({w.size(0)}, at::kLong), 0, at::kQInt8);
+  torch::jit::Stack stack{q, bias.has_value() ? c10::IValue(bias->contiguous()) : c10::IValue()};
+  prepack.callBoxed(&stack);
+  return stack[0];
+}
+
+at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed) {
+  static const auto dynamic = quantized_op("quantized::linear_dynamic");
+  static const bool reduce_range = !at::cpu::is_avx512_vnni_supported();
+  torch::jit::Stack stack{x.contiguous(), packed, reduce_range};
+  dynamic.callBoxed(&stack);
+  return stack[0].toTensor();
 }
 
 }  // namespace seq2seq

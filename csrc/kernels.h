@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/ivalue.h>
 
 #include <tuple>
 #include <vector>
@@ -29,5 +30,14 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query, const at::
 std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, const at::Tensor& row_scores,
                                                    const at::Tensor& eos_rule, at::IntArrayRef banned,
                                                    int64_t eos, int64_t group, int64_t count);
+
+// int8 weights for compute_type "int8": each output channel (row) of `weight` quantized
+// symmetrically to -127..127 with its own scale (max |w| / 127), packed for
+// quantized::linear_dynamic (FBGEMM, which uses the CPU's int8 dot-product instructions).
+c10::IValue pack_int8(const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+
+// x @ dequantized(weight).T + bias, with x quantized per call to 8 bits (7 bits where the
+// CPU lacks VNNI: FBGEMM's AVX2 path would otherwise saturate its 16-bit sums).
+at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed);
 
 }  // namespace seq2seq

@@ -41,7 +41,9 @@ PYBIND11_MODULE(_C, m) {
       .def_readonly("log_prob", &Hypothesis::log_prob)
       .def_readonly("attention", &Hypothesis::attention);
   py::class_<Engine>(m, "Engine")
-      .def(py::init<ModelSpec, const Weights&, int64_t>(), py::arg("spec"), py::arg("weights"), py::arg("threads") = 0)
+      .def(py::init<ModelSpec, const Weights&, int64_t, const std::string&>(), py::arg("spec"), py::arg("weights"),
+           py::arg("threads") = 0, py::arg("compute_type") = "float32")
+      .def_property_readonly("compute_type", &Engine::compute_type)
       .def("translate", &Engine::translate, py::arg("sources"), py::arg("options"),
            py::call_guard<py::gil_scoped_release>());
 }

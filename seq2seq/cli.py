@@ -188,7 +188,7 @@ def cmd_translate(args) -> int:
     return 0
 
 
-def load_backend(backend: str, model: str, device: str, threads: int, folder: Path):
+def load_backend(backend: str, model: str, device: str, threads: int, folder: Path, compute_type: str = "float32"):
     """The C++ engine on an export (a checkpoint is exported into ``folder`` first), or the
     Python reference decoder."""
     from seq2seq.export import export, is_export
@@ -200,7 +200,7 @@ def load_backend(backend: str, model: str, device: str, threads: int, folder: Pa
 
     if not is_export(model):
         model = export(model, folder / "export")
-    return Engine(model, threads=threads)
+    return Engine(model, threads=threads, compute_type=compute_type)
 
 
 def cmd_evaluate(args) -> int:
@@ -213,7 +213,8 @@ def cmd_evaluate(args) -> int:
     opts = decoding_options(args)  # bad options fail before the model loads
     backends = ["cpp", "python"] if args.backend == "both" else [args.backend]
     with tempfile.TemporaryDirectory() as tmp:
-        translators = {b: load_backend(b, args.model, args.device, args.threads, Path(tmp)) for b in backends}
+        translators = {b: load_backend(b, args.model, args.device, args.threads, Path(tmp), args.compute_type)
+                       for b in backends}
     first = translators[backends[0]]
     if args.src_file or args.ref_file:
         if not (args.src_file and args.ref_file):
@@ -283,6 +284,58 @@ def cmd_plot_attention(args) -> int:
         path = plot_attention(t.attention, src_pieces, out_pieces, Path(args.out) / f"attention_{i}.png",
                               title=f"{text}\n-> {t.text}")
         print(f"{path}: {text} -> {t.text}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import platform
+    import tempfile
+
+    import torch
+
+    from seq2seq import bench
+    from seq2seq.data import load_dataset
+
+    cases = bench.parse_cases(args.cases)
+    if args.sentences < 1:
+        raise ValueError(f"--sentences must be at least 1, not {args.sentences}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    types = [t.strip() for t in args.compute_type.split(",")]
+    translators = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.backend in ("cpp", "both"):
+            for t in types:
+                name = "cpp" if len(types) == 1 else f"cpp {t}"
+                translators[name] = load_backend("cpp", args.model, "cpu", args.threads, Path(tmp) / t, t)
+        if args.backend in ("python", "both"):
+            translators["python"] = load_backend("python", args.model, "cpu", args.threads, Path(tmp))
+    first = next(iter(translators.values()))
+    if args.input:
+        split = args.input
+        texts = read_sources(args)[: args.sentences]
+    else:
+        split = args.split or ("test_2016_flickr" if first.data_cfg.corpus == "multi30k" else "test")
+        texts = [s for s, _ in load_dataset(first.data_cfg, [split]).splits[split][: args.sentences]]
+    sources = [ids for ids in (first.encode(s) for s in texts) if ids]
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    print(f"{len(sources)} sentences of {split}; {cpu}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    opts = decoding_options(args)
+    results = bench.bench(translators, sources, cases, opts)
+    model = (translators.get("python") or translators["cpp"]).model
+    limit_lines = bench.limits(first.model_cfg, model, sources, results, cases)
+    table = bench.markdown(results, cases)
+    print("\n" + table + "\n" + "\n".join(limit_lines))
+    if args.out:
+        for row in results.values():
+            for r in row.values():
+                r.pop("outputs")
+        Path(args.out).write_text(json.dumps({"model": args.model, "split": split, "sentences": len(sources),
+                                              "cpu": cpu, "threads": torch.get_num_threads(),
+                                              "results": results,
+                                              "limits": limit_lines}, indent=1) + "\n")
     return 0
 
 
@@ -384,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("python", "cpp", "both"), default="python",
                    help="the Python reference decoder, the C++ engine, or both with their parity")
     p.add_argument("--threads", type=int, default=0, help="C++ engine: intra-op threads (0: torch's default)")
+    p.add_argument("--compute-type", default="float32", help="C++ engine: float32 (the parity reference) or int8")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -411,6 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=0, help="epochs per model (synthetic: 6, families: 2)")
     p.add_argument("--models", help="families: a comma-separated subset of the study's models")
     p.set_defaults(func=cmd_study)
+
+    p = commands.add_parser("bench", help="the C++ engine against the Python reference: speed, latency, memory")
+    p.add_argument("--model", required=True, help="a training checkpoint (.pt), its out_dir, or an export directory")
+    p.add_argument("--split", help="sentences from this split (default: test_2016_flickr on Multi30k, else test)")
+    p.add_argument("--input", help="sentences from this file instead of a split")
+    p.add_argument("--sentences", type=int, default=1000, help="how many (default 1000)")
+    p.add_argument("--cases", default="greedy:1,greedy:64,beam5:1,beam5:32", help="SEARCH:BATCH list, SEARCH greedy or beamK")
+    p.add_argument("--backend", choices=("python", "cpp", "both"), default="both")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: torch's default)")
+    p.add_argument("--compute-type", default="float32,int8", help="the engine's, comma-separated: float32, int8")
+    p.add_argument("--out", help="write the results here as JSON")
+    add_config_flags(p, DecodingOptions, {"return_attention", "beam_size", "n_best"})
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

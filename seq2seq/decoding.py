@@ -87,7 +87,7 @@ def decode(model, src, src_lengths, opts: DecodingOptions) -> list[list[Hypothes
     return beam_search(model, src, src_lengths, opts)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_search(model, src, src_lengths, opts: DecodingOptions = DecodingOptions(beam_size=1)):
     model.eval()
     n, device = src.size(0), src.device
@@ -123,7 +123,7 @@ def greedy_search(model, src, src_lengths, opts: DecodingOptions = DecodingOptio
     return results
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model, src, src_lengths, opts: DecodingOptions):
     model.eval()
     n, k, device = src.size(0), opts.beam_size, src.device

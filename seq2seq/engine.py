@@ -21,7 +21,7 @@ from seq2seq.decoding import Hypothesis
 from seq2seq.export import ExportError, load_export
 from seq2seq.translate import TextTranslator
 
-COMPUTE_TYPES = ("float32",)
+COMPUTE_TYPES = ("float32", "int8")
 SUPPORTED_FAMILIES = ("rnn", "attention")
 
 
@@ -57,7 +57,7 @@ class Engine(TextTranslator):
         for name in ("family", "cell", "attention", "src_vocab", "tgt_vocab", "emb_dim", "hidden", "layers",
                      "attention_dim", "bidirectional", "context_feed", "input_feed"):
             setattr(spec, name, getattr(cfg, name))
-        self._engine = _C.Engine(spec, exp.tensors, threads)
+        self._engine = _C.Engine(spec, exp.tensors, threads, compute_type)
         self.export, self.model_cfg, self.data_cfg, self.tokenizer = exp, cfg, exp.data_cfg, exp.tokenizer
         self.compute_type, self.threads, self.max_source_tokens = compute_type, threads, max_source_tokens
         self.device = torch.device("cpu")

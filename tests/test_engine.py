@@ -276,3 +276,57 @@ def test_parity_on_a_model_trained_on_multi30k(shared_data, tmp_path):
         a, b = engine.translate(sources, opts), reference.translate(sources, opts)
         assert [x[0].tokens for x in a] == [x[0].tokens for x in b]
         assert max(abs(x[0].score - y[0].score) for x, y in zip(a, b)) < 1e-4
+    # int8 on a learnt model: most translations unchanged, and no worse on the whole.
+    from seq2seq.evaluate import score
+    refs = [t for _, t in pairs]
+    opts = DecodingOptions(beam_size=5)
+    f32 = [x[0].text for x in engine.translate(sources, opts)]
+    int8 = [x[0].text for x in Engine(folder, compute_type="int8").translate(sources, opts)]
+    assert sum(a == b for a, b in zip(f32, int8)) >= 0.8 * len(sources)
+    assert abs(score(int8, refs, sources)["bleu"] - score(f32, refs, sources)["bleu"]) < 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# compute_type int8
+
+
+def quantized_weights_reference(folder):
+    """The Python reference on the export with every matrix the int8 engine quantizes
+    replaced by its int8 round trip (per output channel, scale max|w| / 127): what is left
+    between the two is the engine's per-call quantization of the activations."""
+    reference = Translator(folder)
+    with torch.no_grad():
+        for name, p in reference.model.named_parameters():
+            if p.dim() == 2 and not name.startswith("encoder.") and "embed" not in name and "key_proj" not in name:
+                scale = p.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
+                p.copy_(torch.round(p / scale).clamp(-127, 127) * scale)
+    return reference
+
+
+@pytest.mark.parametrize("family", ENGINE_FAMILIES)
+def test_int8_follows_the_reference_with_quantized_weights(exports, family):
+    # Short outputs: on a random model a small difference early on sends a long output down
+    # another path, which says nothing about the size of the difference.
+    engine, reference = Engine(exports[family], compute_type="int8"), quantized_weights_reference(exports[family])
+    sources = random_sources(40, seed=5)
+    for beam in (1, 5):
+        opts = DecodingOptions(beam_size=beam, max_length=3)
+        ours, theirs = engine.translate_ids(sources, opts), reference.decode_ids(sources, opts)
+        same = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a[0].tokens == b[0].tokens]
+        # A wrong quantization or gate agrees on next to nothing; rounding leaves most identical.
+        assert len(same) >= 32, f"beam {beam}: {len(same)} of {len(sources)} identical"
+        for i in same:
+            assert ours[i][0].log_prob == pytest.approx(theirs[i][0].log_prob, abs=0.1)
+
+
+def test_int8_engine_is_batch_invariant_and_reports_its_type(exports):
+    engine = Engine(exports["bahdanau-gru-bi"], compute_type="int8")
+    assert engine.compute_type == "int8" and engine._engine.compute_type == "int8"
+    sources = random_sources(16, seed=8)
+    opts = DecodingOptions(beam_size=4, max_length_ratio=1.0, max_length_extra=4)
+    together = engine.translate_ids(sources, opts)
+    alone = [engine.translate_ids([s], opts)[0] for s in sources]
+    # Activations are quantized per call with the batch's range, so scores may move
+    # slightly with the company a sentence keeps; the tokens of a confident model do not.
+    agree = sum(a[0].tokens == b[0].tokens for a, b in zip(together, alone))
+    assert agree >= 14

@@ -1,0 +1,206 @@
+"""`seq2seq bench`: the C++ engine against the Python reference decoder, side by side.
+
+Both decode the same token ids (tokenization is left out: it is the same code for both) in
+batches of the same sentences, in corpus order, with the same number of threads; the
+Python reference runs batched under torch.inference_mode. Reported per case and backend:
+sentences/s, target tokens/s, p50/p90 latency of a batch, and the peak resident memory
+above the level at the start of the case. Then how close the engine comes to the machine:
+its model GFLOP/s at the largest beam batch against torch.matmul on the decoder's largest
+matrix product, and at batch 1 the decoder weight bytes it reads per second against the
+memory bandwidth of a large copy.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from seq2seq.config import DecodingOptions, ModelConfig
+
+@dataclass
+class Case:
+    name: str
+    beam_size: int
+    batch: int
+
+
+def parse_cases(text: str) -> list[Case]:
+    """'greedy:1,beam5:32' -> cases; greedy is beam 1."""
+    cases = []
+    for item in text.split(","):
+        item = item.strip()
+        search, _, batch = item.partition(":")
+        beam = 1 if search == "greedy" else int(search[4:]) if search.startswith("beam") and search[4:].isdigit() else 0
+        if beam < 1 or not batch.isdigit() or int(batch) < 1:
+            raise ValueError(f"bench case {item!r}: write SEARCH:BATCH with SEARCH greedy or beamK, "
+                             "for example greedy:1 or beam5:32")
+        cases.append(Case(item, beam, int(batch)))
+    return cases
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class PeakMemory:
+    """Samples the resident set size every few milliseconds while the block runs."""
+
+    def __enter__(self):
+        self.start = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+    @property
+    def above_start_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def run_case(translator, sources: list[list[int]], case: Case, opts: DecodingOptions) -> dict:
+    opts = replace(opts, beam_size=case.beam_size, n_best=1)
+    translator.decode_ids(sources[: case.batch], opts)  # warm-up: first-call allocations
+    latencies, out_tokens, outputs = [], 0, []
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        for i in range(0, len(sources), case.batch):
+            t = time.perf_counter()
+            hyps = translator.decode_ids(sources[i:i + case.batch], opts)
+            latencies.append(time.perf_counter() - t)
+            outputs += [h[0].tokens for h in hyps]
+        seconds = time.perf_counter() - started
+    out_tokens = sum(len(t) + 1 for t in outputs)  # + <eos>
+    qs = statistics.quantiles(latencies, n=10) if len(latencies) > 1 else [latencies[0]] * 9
+    return {"sentences_per_s": len(sources) / seconds, "tokens_per_s": out_tokens / seconds,
+            "p50_ms": 1000 * statistics.median(latencies), "p90_ms": 1000 * qs[8], "seconds": seconds,
+            "peak_memory_mb": memory.above_start_mb, "output_tokens": out_tokens, "outputs": outputs}
+
+
+def decoder_step_weights(model: torch.nn.Module) -> int:
+    """Elements of the weight matrices one decoder step multiplies by, per row: every 2-d
+    weight except the embedding tables (a lookup) and the encoder's (run once per source)."""
+    total = 0
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and "embed" not in name and not name.startswith("encoder.") and "key_proj" not in name:
+            total += p.numel()
+    return total
+
+
+def model_flops(cfg: ModelConfig, model: torch.nn.Module, sources: list[list[int]], outputs: list[list[int]],
+                beam: int) -> float:
+    """Multiply-adds x 2 of the encoder over every source token and of the decoder for
+    `beam` rows per output token (a lower bound: beams still open after the best
+    hypothesis ended are not counted), attention over the source included."""
+    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder.") and p.dim() == 2
+              and "embed" not in n)
+    key = sum(p.numel() for n, p in model.named_parameters() if "key_proj" in n)
+    step = decoder_step_weights(model)
+    additive = cfg.attention in ("bahdanau", "concat")
+    # Per source position: the score (over the key width) and the context sum (over the memory).
+    attn_width = (cfg.attention_dim if additive else cfg.hidden) + cfg.hidden if cfg.family == "attention" else 0
+    flops = 0.0
+    for src, out in zip(sources, outputs):
+        s = len(src) + 1
+        flops += 2 * s * (enc + key)
+        flops += 2 * beam * (len(out) + 1) * (step + s * attn_width)
+    return flops
+
+
+def median_seconds(fn, repeat: int = 20) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_gflops(rows: int, inner: int, cols: int) -> float:
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    return 2 * rows * inner * cols / median_seconds(lambda: torch.matmul(a, b)) / 1e9
+
+
+def copy_bandwidth_gbs(megabytes: int = 256) -> float:
+    """Bytes read plus bytes written per second by a large tensor copy."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / median_seconds(lambda: dst.copy_(src), repeat=10) / 1e9
+
+
+def limits(cfg: ModelConfig, model, sources, results: dict, cases: list[Case]) -> list[str]:
+    """Lines on how close each engine backend comes to this machine's compute and memory limits."""
+    lines = []
+    engines = [b for b in next(iter(results.values())) if b.startswith("cpp")]
+    beams = [c for c in cases if c.beam_size > 1]
+    if beams and engines:
+        case = max(beams, key=lambda c: c.beam_size * c.batch)
+        out = model.out.weight
+        rows = case.beam_size * case.batch
+        ref = matmul_gflops(rows, out.size(1), out.size(0))
+        for backend in engines:
+            r = results[case.name][backend]
+            gflops = model_flops(cfg, model, sources, r["outputs"], case.beam_size) / r["seconds"] / 1e9
+            lines.append(f"compute, {case.name}, {backend}: at least {gflops:.1f} model GFLOP/s; float32 torch.matmul "
+                         f"({rows} x {out.size(1)}) @ ({out.size(1)} x {out.size(0)}), the output layer's product, "
+                         f"does {ref:.1f} GFLOP/s ({100 * gflops / ref:.0f}%)")
+    ones = [c for c in cases if c.batch == 1]
+    if ones and engines:
+        bandwidth = copy_bandwidth_gbs()
+        for backend in engines:
+            weight_bytes = (1 if "int8" in backend else 4) * decoder_step_weights(model)
+            for case in ones:
+                r = results[case.name][backend]
+                steps = sum(len(o) + 1 for o in r["outputs"])  # a step per output token reads every weight once
+                rate = weight_bytes * steps / r["seconds"] / 1e9
+                lines.append(f"memory, {case.name}, {backend}: {weight_bytes / 2**20:.1f} MiB of decoder weights per "
+                             f"step, read at {rate:.1f} GB/s; a large copy moves {bandwidth:.1f} GB/s, read + write "
+                             f"({100 * rate / bandwidth:.0f}%)")
+    return lines
+
+
+def markdown(results: dict, cases: list[Case]) -> str:
+    lines = ["| case | backend | sentences/s | tokens/s | p50 ms | p90 ms | peak memory MiB | C++ / Python | "
+             "same output |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in cases:
+        row = results[case.name]
+        for backend, r in row.items():
+            ratio = ""
+            if backend.startswith("cpp") and "python" in row:
+                ratio = f"{r['sentences_per_s'] / row['python']['sentences_per_s']:.1f}x"
+            lines.append(f"| {case.name} | {backend} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
+                         f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['peak_memory_mb']:.0f} | {ratio} | "
+                         f"{r.get('identical', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def bench(translators: dict, sources: list[list[int]], cases: list[Case], opts: DecodingOptions, log=print) -> dict:
+    """results[case][backend] for every case and backend; identical outputs are counted."""
+    results: dict = {}
+    for case in cases:
+        results[case.name] = {}
+        for backend, translator in translators.items():
+            r = run_case(translator, sources, case, opts)
+            results[case.name][backend] = r
+            log(f"{case.name:10} {backend:12} {r['sentences_per_s']:8.1f} sent/s  {r['tokens_per_s']:8.0f} tok/s  "
+                f"p50 {r['p50_ms']:7.1f} ms  p90 {r['p90_ms']:7.1f} ms")
+        row = results[case.name]
+        for backend in [b for b in row if b.startswith("cpp") and "python" in row]:
+            same = sum(a == b for a, b in zip(row[backend]["outputs"], row["python"]["outputs"]))
+            log(f"{case.name:10} {backend}: {same} of {len(sources)} outputs identical to the Python reference's")
+            row[backend]["identical"] = same
+    return results

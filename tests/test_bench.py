@@ -1,0 +1,66 @@
+"""seq2seq bench: its cases, measurements and table (the speed itself is not tested)."""
+
+import json
+
+import pytest
+
+from seq2seq import bench
+from seq2seq.config import DecodingOptions
+from seq2seq.translate import Translator
+from tests.exports import random_export
+
+pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
+from seq2seq.engine import Engine  # noqa: E402
+
+
+def test_cases_are_parsed_and_bad_ones_named():
+    cases = bench.parse_cases("greedy:1, beam5:32")
+    assert [(c.name, c.beam_size, c.batch) for c in cases] == [("greedy:1", 1, 1), ("beam5:32", 5, 32)]
+    for bad in ("beam:4", "greedy", "greedy:0", "topk:3", "beam0:2"):
+        with pytest.raises(ValueError, match="SEARCH:BATCH"):
+            bench.parse_cases(bad)
+
+
+def test_bench_measures_both_backends_on_the_same_sentences(tmp_path):
+    folder = random_export(tmp_path, "bahdanau-gru-bi")
+    translators = {"cpp float32": Engine(folder), "cpp int8": Engine(folder, compute_type="int8"),
+                   "python": Translator(folder)}
+    sources = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16, 17], [18, 19]]
+    cases = bench.parse_cases("greedy:1,beam3:4")
+    opts = DecodingOptions(max_length_ratio=1.0, max_length_extra=3)
+    results = bench.bench(translators, sources, cases, opts, log=lambda *_: None)
+    for case in cases:
+        row = results[case.name]
+        assert row["cpp float32"]["identical"] == len(sources)  # float32 is the parity reference
+        for r in row.values():
+            assert r["sentences_per_s"] > 0 and r["p90_ms"] >= r["p50_ms"] > 0 and len(r["outputs"]) == len(sources)
+            assert r["output_tokens"] == sum(len(o) + 1 for o in r["outputs"])
+    table = bench.markdown(results, cases)
+    assert table.count("\n") == 2 + 3 * len(cases) and "x |" in table
+    model = translators["python"].model
+    lines = bench.limits(translators["python"].model_cfg, model, sources, results, cases)
+    assert sum("GFLOP/s" in line for line in lines) == 2 and sum("GB/s" in line for line in lines) == 2
+
+
+def test_model_flops_counts_encoder_and_beam_rows(tmp_path):
+    translator = Translator(random_export(tmp_path, "luong-dot"))
+    cfg, model = translator.model_cfg, translator.model
+    one = bench.model_flops(cfg, model, [[5, 6]], [[7]], beam=1)
+    five = bench.model_flops(cfg, model, [[5, 6]], [[7]], beam=5)
+    step = bench.decoder_step_weights(model)
+    # Two output rows (a token and <eos>) per beam; the encoder runs once.
+    assert five - one == pytest.approx(2 * 4 * 2 * (step + 3 * (cfg.hidden + cfg.hidden)))
+
+
+def test_bench_command_writes_its_table_and_json(tmp_path, capsys):
+    from seq2seq.cli import main
+
+    folder = random_export(tmp_path, "gru")
+    out, text = tmp_path / "bench.json", tmp_path / "in.txt"
+    text.write_text("w5 w6 w7\nw8\nw9 w10\n\nw11 w12\nw13\nw14\n")  # the empty line is left out
+    assert main(["bench", "--model", str(folder), "--input", str(text), "--sentences", "6", "--cases", "greedy:1,beam2:2",
+                 "--max-length", "6", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| greedy:1 | cpp float32 |" in printed and "| beam2:2 | python |" in printed
+    report = json.loads(out.read_text())
+    assert report["sentences"] == 5 and set(report["results"]["beam2:2"]) == {"cpp float32", "cpp int8", "python"}
