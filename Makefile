@@ -1,7 +1,8 @@
 # make setup [TORCH=cpu|cuda]   create .venv and install (idempotent)
 # make demo                     the main job: train (or reuse) a French->English model, translate, export,
 #                               score with the C++ engine and the Python reference (BLEU, parity), plot
-# make test                     the whole test suite
+# make test                     the whole test suite: the C++ library's tests (ctest), then pytest
+# make cpp                      build the C++ library, its tests and seq2seq-translate (CMake, build/cmake)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 TORCH ?= cpu
@@ -19,7 +20,7 @@ ifneq ($(wildcard ../shared/data),)
 export SEQ2SEQ_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup demo test
+.PHONY: setup demo test cpp cpp-deps
 setup: $(STAMP)
 
 # The C++ engine is rebuilt when its sources change.
@@ -45,5 +46,24 @@ $(DEMO)/trained: $(DEMO_RECIPE) | $(STAMP)
 	$(S2S) train $(DEMO_RECIPE) --out_dir=$(DEMO) $$(test -f $(DEMO)/last.pt && echo --resume)
 	touch $@
 
-test: setup
+CMAKE_BUILD := build/cmake
+# Debian's packages the C++ library builds with (CMakeLists.txt); installed when missing.
+CPP_DEBS := cmake ninja-build pkg-config libgtest-dev libsentencepiece-dev nlohmann-json3-dev
+
+cpp-deps:
+	@missing=$$(for p in $(CPP_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+cpp: setup cpp-deps
+	mkdir -p $(CMAKE_BUILD)
+	cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DCMAKE_BUILD_TYPE=Release > $(CMAKE_BUILD)/configure.log || (cat $(CMAKE_BUILD)/configure.log; exit 1)
+	cmake --build $(CMAKE_BUILD)
+
+test: setup cpp
+	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 	$(PY) -m pytest -q tests

@@ -1,0 +1,143 @@
+// seq2seq-translate: raw text in (stdin, one sentence per line), translations out (stdout),
+// with the C++ engine on an export directory and SentencePiece's C++ library; no Python.
+//
+//   seq2seq-translate EXPORT_DIR [--beam-size 5] [--threads 0] [--compute-type float32|int8]
+//                     [--batch 32] [--max-length 256] [--scores]
+#include <sentencepiece_processor.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "export_reader.h"
+
+namespace {
+
+constexpr size_t kMaxSourceTokens = 1024;  // as the Python Engine's max_source_tokens
+
+const char* kUsage =
+    "usage: seq2seq-translate EXPORT_DIR [--beam-size N] [--threads N] [--compute-type float32|int8]\n"
+    "                         [--batch N] [--max-length N] [--scores]\n"
+    "Reads sentences from stdin, one per line, and writes one translation per line.\n";
+
+// As seq2seq.data.clean.normalize for text already in Unicode NFC: control characters become
+// spaces, runs of whitespace one space, none at either end.
+std::string normalize(const std::string& line) {
+  std::string out;
+  bool space = false;
+  for (unsigned char c : line) {
+    if (c < 0x20 || c == 0x7f || c == ' ') {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out += ' ';
+    space = false;
+    out += static_cast<char>(c);
+  }
+  return out;
+}
+
+int64_t number(const std::string& flag, const char* text) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text, &end, 10);
+  if (*text == '\0' || *end != '\0') throw std::invalid_argument(flag + " takes an integer, not '" + text + "'");
+  return v;
+}
+
+void load(sentencepiece::SentencePieceProcessor& sp, const std::string& path) {
+  const auto status = sp.Load(path);
+  if (!status.ok()) throw std::runtime_error(path + ": cannot load the SentencePiece model (" + status.ToString() + ")");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace seq2seq;
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::cerr << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  try {
+    const std::string dir = argv[1];
+    DecodeOptions opts;
+    opts.length_penalty = "gnmt";  // DecodingOptions' default
+    int64_t threads = 0, batch = 32;
+    std::string compute_type = "float32";
+    bool scores = false;
+    for (int i = 2; i < argc; ++i) {
+      const std::string flag = argv[i];
+      if (flag == "--scores") {
+        scores = true;
+        continue;
+      }
+      if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value\n" + kUsage);
+      const char* value = argv[++i];
+      if (flag == "--beam-size") opts.beam_size = number(flag, value);
+      else if (flag == "--threads") threads = number(flag, value);
+      else if (flag == "--batch") batch = number(flag, value);
+      else if (flag == "--max-length") opts.max_length = number(flag, value);
+      else if (flag == "--compute-type") compute_type = value;
+      else throw std::invalid_argument("unknown option " + flag + "\n" + kUsage);
+    }
+    if (batch < 1) throw std::invalid_argument("--batch must be at least 1");
+    if (threads < 0) throw std::invalid_argument("--threads must be >= 0 (0: the default)");
+    validate_options(opts);
+
+    LoadedExport exp = load_export(dir);
+    Engine engine(exp.spec, exp.weights, threads, compute_type);
+    sentencepiece::SentencePieceProcessor src_sp, tgt_sp;
+    load(src_sp, exp.src_tokenizer);
+    load(tgt_sp, exp.tgt_tokenizer);
+
+    std::vector<std::string> lines;
+    auto flush = [&](size_t first_line) {
+      std::vector<std::vector<int64_t>> sources;
+      std::vector<size_t> rows;  // which lines are not empty
+      for (size_t i = 0; i < lines.size(); ++i) {
+        std::vector<int> ids;
+        src_sp.Encode(normalize(lines[i]), &ids);
+        if (ids.empty()) continue;
+        if (ids.size() > kMaxSourceTokens)
+          throw std::invalid_argument("line " + std::to_string(first_line + i) + " has " + std::to_string(ids.size()) +
+                                      " tokens; the engine reads at most " + std::to_string(kMaxSourceTokens) +
+                                      ": split the sentence");
+        sources.emplace_back(ids.begin(), ids.end());
+        rows.push_back(i);
+      }
+      auto results = engine.translate(sources, opts);
+      std::vector<std::string> out(lines.size());
+      std::vector<double> score(lines.size(), 0.0);
+      for (size_t r = 0; r < rows.size(); ++r) {
+        std::vector<int> ids;
+        for (auto t : results[r][0].tokens)
+          if (t > kEos || t == kUnk) ids.push_back(static_cast<int>(t));
+        tgt_sp.Decode(ids, &out[rows[r]]);
+        // One translation per line: a line break decoded from byte pieces would split it.
+        for (char& c : out[rows[r]])
+          if (c == '\n' || c == '\r') c = ' ';
+        score[rows[r]] = results[r][0].score;
+      }
+      for (size_t i = 0; i < lines.size(); ++i) {
+        if (scores) std::cout << score[i] << '\t';
+        std::cout << out[i] << '\n';
+      }
+      std::cout.flush();
+      lines.clear();
+    };
+    size_t line_no = 0, first = 1;
+    for (std::string line; std::getline(std::cin, line);) {
+      lines.push_back(line);
+      if (static_cast<int64_t>(lines.size()) == batch) {
+        flush(first);
+        first = line_no + 2;
+      }
+      ++line_no;
+    }
+    if (!lines.empty()) flush(first);
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "seq2seq-translate: error: " << e.what() << '\n';
+    return 1;
+  }
+}
