@@ -285,6 +285,13 @@ at::Tensor eos_rules(const std::vector<int64_t>& row_sentence, int64_t step, con
   return rule;
 }
 
+// history (rows, steps, S) grows by this step's weights (rows, S); models without attention have none.
+void append_attention(at::Tensor& history, const at::Tensor& weights) {
+  if (!weights.defined()) return;
+  auto w = weights.unsqueeze(1);
+  history = history.defined() ? at::cat({history, w}, 1) : w;
+}
+
 std::optional<at::Tensor> trimmed(const at::Tensor& history, int64_t row, int64_t src_len) {
   if (!history.defined()) return std::nullopt;
   return history[row].narrow(-1, 0, src_len).clone();
@@ -330,10 +337,7 @@ std::vector<std::vector<Hypothesis>> Engine::greedy(const std::vector<std::vecto
   for (int64_t step = 0; !live.empty(); ++step) {
     auto [logits, weights] = this->step(prev, src, rows);
     auto [best, index] = beam_candidates(logits, log_prob, eos_rules(live, step, mins, maxs), banned, kEos, 1, 1);
-    if (opts.return_attention && weights.defined()) {
-      auto w = weights.unsqueeze(1);
-      history = history.defined() ? at::cat({history, w}, 1) : w;
-    }
+    if (opts.return_attention) append_attention(history, weights);
     const float* b = best.data_ptr<float>();
     const int64_t* t = index.data_ptr<int64_t>();
     std::vector<int64_t> keep, next_live, next_prev;
@@ -390,10 +394,7 @@ std::vector<std::vector<Hypothesis>> Engine::beam(const std::vector<std::vector<
     auto [logits, weights] = this->step(prev, src, rows);
     auto [cand, index] = beam_candidates(logits, scores, eos_rules(row_sentence, step, mins, maxs), banned, kEos, k,
                                          width);
-    if (opts.return_attention && weights.defined()) {
-      auto w = weights.unsqueeze(1);
-      history = history.defined() ? at::cat({history, w}, 1) : w;
-    }
+    if (opts.return_attention) append_attention(history, weights);
     const float* cs = cand.data_ptr<float>();
     const int64_t* ci = index.data_ptr<int64_t>();
     std::vector<int64_t> next_rows, next_tokens, next_live;

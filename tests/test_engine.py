@@ -271,7 +271,7 @@ def test_parity_on_a_model_trained_on_multi30k(shared_data, tmp_path):
     engine, reference = Engine(folder), Translator(folder)
     pairs = load_dataset(engine.data_cfg, ["test_2016_flickr"]).splits["test_2016_flickr"][:150]
     sources = [s for s, _ in pairs]
-    for beam in (1, 5):
+    for beam in (1, 5, 10):
         opts = DecodingOptions(beam_size=beam)
         a, b = engine.translate(sources, opts), reference.translate(sources, opts)
         assert [x[0].tokens for x in a] == [x[0].tokens for x in b]

@@ -57,6 +57,17 @@ std::vector<std::vector<int64_t>> sources() {
   return {{5, 6, 7, 8}, {9}, {10, 11, 12, 13, 14, 15, 16}, {17, 18}, {1, 20, 21}, {22, 23, 24, 25, 26}};
 }
 
+// f() must throw E with `word` in its message.
+template <typename E, typename F>
+void expect_error(F&& f, const std::string& word) {
+  try {
+    f();
+    ADD_FAILURE() << "no error mentioning " << word;
+  } catch (const E& e) {
+    EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
+  }
+}
+
 DecodeOptions options(int64_t beam) {
   DecodeOptions o;
   o.beam_size = beam;
@@ -67,29 +78,16 @@ DecodeOptions options(int64_t beam) {
 }
 
 TEST(Options, BadValuesAreNamed) {
-  auto expect_error = [](DecodeOptions o, const std::string& word) {
-    try {
-      validate_options(o);
-      FAIL() << "no error for " << word;
-    } catch (const std::invalid_argument& e) {
-      EXPECT_NE(std::string(e.what()).find(word), std::string::npos) << e.what();
-    }
+  auto check = [](auto change, const std::string& word) {
+    DecodeOptions o;
+    change(o);
+    expect_error<std::invalid_argument>([&] { validate_options(o); }, word);
   };
-  DecodeOptions o;
-  o.beam_size = 0;
-  expect_error(o, "beam_size");
-  o = DecodeOptions();
-  o.beam_size = 100000;
-  expect_error(o, "beam_size");
-  o = DecodeOptions();
-  o.n_best = 6;
-  expect_error(o, "n_best");
-  o = DecodeOptions();
-  o.max_length = 0;
-  expect_error(o, "max_length");
-  o = DecodeOptions();
-  o.length_penalty = "wu";
-  expect_error(o, "length_penalty");
+  check([](DecodeOptions& o) { o.beam_size = 0; }, "beam_size");
+  check([](DecodeOptions& o) { o.beam_size = 100000; }, "beam_size");
+  check([](DecodeOptions& o) { o.n_best = 6; }, "n_best");
+  check([](DecodeOptions& o) { o.max_length = 0; }, "max_length");
+  check([](DecodeOptions& o) { o.length_penalty = "wu"; }, "length_penalty");
 }
 
 TEST(Kernels, AttentionMatchesATen) {
@@ -179,12 +177,7 @@ TEST(Engine, BadInputIsAnErrorAndTheEngineKeepsWorking) {
 TEST(Engine, WrongWeightsAreNamed) {
   auto w = small_weights();
   w["out.weight"] = at::zeros({30, 5});
-  try {
-    Engine engine(small_spec(), w);
-    FAIL();
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("out.weight"), std::string::npos) << e.what();
-  }
+  expect_error<std::invalid_argument>([&] { Engine(small_spec(), w); }, "out.weight");
   w = small_weights();
   w["extra.weight"] = at::zeros({2});
   EXPECT_THROW(Engine(small_spec(), w), std::invalid_argument);
@@ -215,21 +208,11 @@ std::string temp_dir() {
 
 TEST(ExportReader, MissingAndMalformedFilesAreNamed) {
   const auto dir = temp_dir();
-  try {
-    load_export(dir);
-    FAIL();
-  } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
-  }
+  expect_error<std::runtime_error>([&] { load_export(dir); }, "config.json");
   std::ofstream(dir + "/config.json") << "{\"format_version\": 9, \"model\": {}}";
-  try {
-    load_export(dir);
-    FAIL();
-  } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("newer"), std::string::npos) << e.what();
-  }
+  expect_error<std::runtime_error>([&] { load_export(dir); }, "newer");
   std::ofstream(dir + "/config.json") << "{\"format_version\": 1,";
-  EXPECT_THROW(load_export(dir), std::runtime_error);
+  expect_error<std::runtime_error>([&] { load_export(dir); }, "malformed JSON");
 }
 
 TEST(ExportReader, TruncatedSafetensorsAreNamed) {
@@ -245,14 +228,9 @@ TEST(ExportReader, TruncatedSafetensorsAreNamed) {
   auto w = read_safetensors(dir + "/m.safetensors");
   EXPECT_EQ(w.at("w").sizes(), at::IntArrayRef({2, 2}));
   write(8, header);
-  try {
-    read_safetensors(dir + "/m.safetensors");
-    FAIL();
-  } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
-  }
+  expect_error<std::runtime_error>([&] { read_safetensors(dir + "/m.safetensors"); }, "truncated");
   write(16, R"({"w":{"dtype":"F16","shape":[2,4],"data_offsets":[0,16]}})");
-  EXPECT_THROW(read_safetensors(dir + "/m.safetensors"), std::runtime_error);
+  expect_error<std::runtime_error>([&] { read_safetensors(dir + "/m.safetensors"); }, "F32");
 }
 
 }  // namespace
