@@ -51,7 +51,9 @@ setup(
     version="0.1.0",
     description="Sequence-to-sequence translation: training, a C++ engine and a gRPC service",
     python_requires=">=3.10",
-    packages=find_packages(include=["seq2seq", "seq2seq.*"]),
+    # The gRPC service's code sits in server/ at the top of the repository and installs as seq2seq.server.
+    packages=find_packages(include=["seq2seq", "seq2seq.*"]) + ["seq2seq.server"],
+    package_dir={"seq2seq.server": "server"},
     install_requires=["torch>=2.13", "sentencepiece>=0.2", "sacrebleu>=2.4", "tqdm>=4.66", "safetensors>=0.4"],
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext()},

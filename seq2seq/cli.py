@@ -17,6 +17,7 @@ Options of the data pipeline come from ``DataConfig`` (seq2seq/config.py), one f
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from dataclasses import asdict, fields
@@ -339,6 +340,71 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import logging
+
+    from seq2seq.server.app import ServerConfig, serve
+    from seq2seq.server.service import Limits, model_paths
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens, max_sentences=args.max_sentences,
+                    max_beam=args.max_beam)
+    cfg = ServerConfig(models=model_paths(args.model), host=args.host, port=args.port, threads=args.threads,
+                       compute_type=args.compute_type, workers=args.workers, max_batch=args.max_batch,
+                       max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+                       max_message_bytes=args.max_message_bytes, limits=limits,
+                       token=args.token or os.environ.get("SEQ2SEQ_TOKEN", ""), tls_cert=args.tls_cert,
+                       tls_key=args.tls_key, metrics_port=args.metrics_port, data_dir=args.data_dir,
+                       grace_s=args.grace)
+    return serve(cfg, ready=lambda line: print(line, flush=True))
+
+
+def cmd_client(args) -> int:
+    import grpc
+
+    from seq2seq.server.client import Client
+
+    client = Client(args.target, token=args.token or os.environ.get("SEQ2SEQ_TOKEN", ""), tls_ca=args.tls_ca,
+                    timeout=args.timeout or None)
+    options = {"beam_size": args.beam_size, "n_best": args.n_best, "max_length": args.max_length}
+    try:
+        if args.client_command == "translate":
+            sentences = args.text or read_sources(args)
+            for start in range(0, len(sentences), args.chunk):
+                reply = client.translate(sentences[start:start + args.chunk], model=args.model,
+                                         return_scores=args.scores, **options)
+                for t in reply.translations:
+                    for h in t.hypotheses:
+                        print(f"{h.score:.4f}\t{h.text}" if args.scores else h.text)
+        elif args.client_command == "evaluate":
+            print("| backend | BLEU | chrF | sentences/s | signature |\n|---|---:|---:|---:|---|")
+            for event in client.evaluate(model=args.model, backend=args.backend, corpus=args.corpus,
+                                         split=args.split, limit=args.limit, **options):
+                if event.HasField("progress"):
+                    p = event.progress
+                    print(f"{p.backend}: {p.done}/{p.total}", file=sys.stderr, flush=True)
+                    continue
+                r = event.result
+                for b in r.results:
+                    print(f"| {b.backend} | {b.bleu:.2f} | {b.chrf:.2f} | {b.sentences_per_second:.1f} | "
+                          f"{b.bleu_signature} |", flush=True)
+                if len(r.results) == 2:
+                    print(f"\nparity: {r.identical} of {r.sentences} translations identical"
+                          + (f" (first difference: sentence {r.first_difference + 1})" if r.first_difference >= 0
+                             else ""))
+        else:
+            for m in client.models():
+                print(f"{m.name}: {m.family} {m.source_language}->{m.target_language}, vocabulary "
+                      f"{m.source_vocabulary:,}/{m.target_vocabulary:,}, {m.parameters:,} parameters, "
+                      f"{m.backend} {m.compute_type}")
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
 def cmd_study(args) -> int:
     from seq2seq import study
 
@@ -478,6 +544,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the results here as JSON")
     add_config_flags(p, DecodingOptions, {"return_attention", "beam_size", "n_best"})
     p.set_defaults(func=cmd_bench)
+
+    p = commands.add_parser("serve", help="the gRPC translation service")
+    p.add_argument("--model", action="append", required=True, help="NAME=EXPORT_DIR (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="0: any free port (printed)")
+    p.add_argument("--threads", type=int, default=0, help="engine intra-op threads (0: torch's default)")
+    p.add_argument("--compute-type", default="float32", help="float32 or int8")
+    p.add_argument("--workers", type=int, default=2, help="engine batches run at once")
+    p.add_argument("--max-batch", type=int, default=64, help="sentences per engine batch")
+    p.add_argument("--max-delay-ms", type=float, default=3.0, help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=int, default=4096, help="queued sentences before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per sentence")
+    p.add_argument("--max-tokens", type=int, default=256, help="source tokens per sentence")
+    p.add_argument("--max-sentences", type=int, default=256, help="sentences per request")
+    p.add_argument("--max-beam", type=int, default=32, help="largest beam a request may ask for")
+    p.add_argument("--max-message-bytes", type=int, default=4 * 2**20)
+    p.add_argument("--token", default="", help="require 'authorization: Bearer TOKEN' (or $SEQ2SEQ_TOKEN)")
+    p.add_argument("--tls-cert", default="", help="PEM certificate chain; with --tls-key, serve TLS")
+    p.add_argument("--tls-key", default="", help="PEM private key")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--data-dir", default="", help="where Evaluate reads corpora")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("client", help="call a translation server")
+    sub = p.add_subparsers(dest="client_command", required=True)
+    for name, text in (("translate", "translate TEXT, --input FILE or stdin"),
+                       ("evaluate", "a BLEU job on the server"), ("models", "what the server has loaded")):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT, or ADDRESS:PORT,... (round robin)")
+        q.add_argument("--token", default="", help="bearer token (or $SEQ2SEQ_TOKEN)")
+        q.add_argument("--tls-ca", default="", help="PEM certificate to trust: use TLS")
+        q.add_argument("--timeout", type=float, default=60.0, help="seconds per call (0: none)")
+        q.add_argument("--model", default="", help="a loaded model's name (default: the only one)")
+        q.add_argument("--beam-size", type=int, default=None)
+        q.add_argument("--n-best", type=int, default=None)
+        q.add_argument("--max-length", type=int, default=None)
+        q.set_defaults(func=cmd_client)
+    tr = sub.choices["translate"]
+    tr.add_argument("text", nargs="*", help="sentences (default: --input or stdin)")
+    tr.add_argument("--input", help="a file of sentences, one per line")
+    tr.add_argument("--scores", action="store_true", help="print each score and a tab before the text")
+    tr.add_argument("--chunk", type=int, default=64, help="sentences per request")
+    ev = sub.choices["evaluate"]
+    ev.add_argument("--corpus", default="")
+    ev.add_argument("--split", default="")
+    ev.add_argument("--limit", type=int, default=0, help="at most this many sentences")
+    ev.add_argument("--backend", choices=("cpp", "python", "both"), default="cpp")
     return parser
 
 

@@ -1,0 +1,149 @@
+"""Starting and stopping the server: models, batchers, health, reflection, TLS, a bearer
+token, metrics, and a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .batcher import Batcher
+from .metrics import Metrics
+from .service import SERVICE_NAME, Limits, TranslationService, load_model, pb
+
+log = logging.getLogger("seq2seq.server")
+
+
+@dataclass
+class ServerConfig:
+    models: dict[str, str]  # name -> export directory
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0: any free port
+    threads: int = 0  # the engine's intra-op threads (0: torch's default)
+    compute_type: str = "float32"
+    workers: int = 2  # engine batches run at once
+    max_batch: int = 64  # sentences per engine batch
+    max_batch_tokens: int = 16384  # source tokens x beam per engine batch
+    max_delay_ms: float = 3.0  # how long the first request of a batch waits for company
+    max_queue: int = 4096  # sentences waiting; beyond: RESOURCE_EXHAUSTED
+    max_message_bytes: int = 4 * 2**20
+    rpc_threads: int = 128  # concurrent calls the server handles
+    limits: Limits = field(default_factory=Limits)
+    token: str = ""  # a bearer token every call must carry; empty: none
+    tls_cert: str = ""
+    tls_key: str = ""
+    metrics_port: int | None = None  # Prometheus on 127.0.0.1:PORT; None: off
+    data_dir: str = ""  # where Evaluate reads corpora (default: as the models were trained)
+    grace_s: float = 10.0  # SIGTERM: how long in-flight calls may finish
+
+
+class BearerToken(grpc.ServerInterceptor):
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer TOKEN' is required")
+
+        self.deny = deny
+
+    def intercept_service(self, continuation, details):
+        given = dict(details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self.expected):
+            return continuation(details)
+        handler = continuation(details)
+        if handler is None:
+            return None
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(lambda it, ctx: self.deny(None, ctx))
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(lambda it, ctx: self.deny(None, ctx))
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(self.deny)
+        return grpc.unary_unary_rpc_method_handler(self.deny)
+
+
+class Server:
+    """A running server: ``port`` is the bound port; ``stop()`` shuts it down gracefully."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.metrics = Metrics(cfg.metrics_port)
+        self.health = health.HealthServicer()
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
+                   ("grpc.max_send_message_length", cfg.max_message_bytes), ("grpc.so_reuseport", 0)]
+        interceptors = [BearerToken(cfg.token)] if cfg.token else []
+        self.grpc = grpc.server(ThreadPoolExecutor(cfg.rpc_threads, thread_name_prefix="rpc"), options=options,
+                                interceptors=interceptors, maximum_concurrent_rpcs=cfg.rpc_threads)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        address = f"{cfg.host}:{cfg.port}"
+        if cfg.tls_cert or cfg.tls_key:
+            if not (cfg.tls_cert and cfg.tls_key):
+                raise ValueError("TLS needs both --tls-cert and --tls-key")
+            with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
+                credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+            self.port = self.grpc.add_secure_port(address, credentials)
+        else:
+            self.port = self.grpc.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address} (in use?)")
+        self.models = {}
+        self.service = TranslationService(self.models, cfg.limits, self.metrics, cfg.data_dir)
+        from .protos import load
+
+        pb_grpc = load()[1]
+        pb_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        # Health answers NOT_SERVING while the models load.
+        self.grpc.start()
+        log.info(json.dumps({"event": "listening", "address": f"{cfg.host}:{self.port}",
+                             "tls": bool(cfg.tls_cert), "token": bool(cfg.token)}))
+        for name, path in cfg.models.items():
+            model = load_model(name, path, cfg.threads, cfg.compute_type)
+            model.batcher = Batcher(model.translator.decode_ids, cfg.max_batch, cfg.max_batch_tokens,
+                                    cfg.max_delay_ms / 1000, cfg.max_queue, cfg.workers, self.metrics.on_batch(name))
+            self.models[name] = model
+            log.info(json.dumps({"event": "model_loaded", "model": name, "path": path, "backend": model.backend}))
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._stopped = threading.Event()
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, no new calls, in-flight calls finish within the grace period."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc.stop(self.cfg.grace_s if grace is None else grace).wait()
+        for model in self.models.values():
+            model.batcher.close()
+        self.metrics.close()
+        log.info(json.dumps({"event": "stopped"}))
+
+    def wait(self) -> None:
+        self.grpc.wait_for_termination()
+
+
+def serve(cfg: ServerConfig, ready=print) -> int:
+    """Run until SIGTERM or SIGINT, then stop gracefully; returns the exit status."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = Server(cfg)
+    ready(f"serving {', '.join(server.models)} on {cfg.host}:{server.port}"
+          + (f", metrics on 127.0.0.1:{server.metrics.port}" if cfg.metrics_port is not None else ""))
+    stop.wait()
+    server.stop()
+    return 0
+
+
+__all__ = ["Server", "ServerConfig", "serve", "pb"]

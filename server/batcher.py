@@ -1,0 +1,152 @@
+"""Dynamic batching: sentences of concurrent requests merged into engine batches.
+
+A request's sentences become one or more jobs (at most ``max_batch`` sentences each). A
+dispatcher thread takes the oldest job, waits up to ``max_delay`` seconds from its arrival
+for more jobs with the same decoding options, and hands the batch (up to ``max_batch``
+sentences and ``max_tokens`` source tokens x beam) to a pool of workers that call the
+engine, which releases the GIL. Batches are formed only when a worker is free, so under
+load the queue grows and batches fill up. Jobs whose deadline has passed, or whose
+caller has cancelled, are dropped before they cost compute.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import astuple, dataclass, field
+
+from seq2seq.config import DecodingOptions
+
+
+class QueueFull(Exception):
+    pass
+
+
+class DeadlineExpired(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    ids: list[list[int]]
+    opts: DecodingOptions
+    deadline: float | None  # time.monotonic() seconds; None: no deadline
+    arrived: float = field(default_factory=time.monotonic)
+    future: Future = field(default_factory=Future)
+
+    @property
+    def key(self) -> tuple:
+        return astuple(self.opts)
+
+    def cost(self) -> int:
+        return sum(len(s) + 1 for s in self.ids) * self.opts.beam_size
+
+
+class Batcher:
+    def __init__(self, translate_ids, max_batch: int = 64, max_tokens: int = 16384, max_delay: float = 0.003,
+                 max_queue: int = 4096, workers: int = 2, on_batch=None):
+        if max_batch < 1 or max_tokens < 1 or max_delay < 0 or max_queue < 1 or workers < 1:
+            raise ValueError("max_batch, max_tokens, max_queue and workers must be positive, max_delay >= 0")
+        self.translate_ids = translate_ids
+        self.max_batch, self.max_tokens, self.max_delay, self.max_queue = max_batch, max_tokens, max_delay, max_queue
+        self.on_batch = on_batch or (lambda sentences, queued: None)
+        self._queue: deque[Job] = deque()
+        self._queued = 0  # sentences waiting
+        self._cond = threading.Condition()
+        self._closed = False
+        self._free = threading.Semaphore(workers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="engine")
+        self._thread = threading.Thread(target=self._dispatch, name="batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def submit(self, ids: list[list[int]], opts: DecodingOptions, deadline: float | None = None) -> list[Job]:
+        """Queue the sentences; raises QueueFull when they would overflow the queue."""
+        jobs = [Job(ids[i:i + self.max_batch], opts, deadline) for i in range(0, len(ids), self.max_batch)]
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            if self._queued + len(ids) > self.max_queue:
+                raise QueueFull(f"the queue holds {self._queued} sentences; {len(ids)} more would pass its "
+                                f"limit of {self.max_queue}")
+            self._queue.extend(jobs)
+            self._queued += len(ids)
+            self._cond.notify()
+        return jobs
+
+    def close(self) -> None:
+        """Finish what is queued, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+
+    def _take(self) -> list[Job] | None:
+        """The next batch: the oldest job and those compatible with it, or None when closed."""
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._queue[0]
+            until = first.arrived + self.max_delay
+            while not self._closed:
+                ready = sum(len(j.ids) for j in self._queue if j.key == first.key)
+                left = until - time.monotonic()
+                if ready >= self.max_batch or left <= 0:
+                    break
+                self._cond.wait(left)
+            batch, sentences, cost = [], 0, 0
+            for job in list(self._queue):
+                if job.key != first.key:
+                    continue
+                if batch and (sentences + len(job.ids) > self.max_batch or cost + job.cost() > self.max_tokens):
+                    break
+                self._queue.remove(job)
+                self._queued -= len(job.ids)
+                batch.append(job)
+                sentences += len(job.ids)
+                cost += job.cost()
+            return batch
+
+    def _dispatch(self) -> None:
+        while True:
+            self._free.acquire()
+            batch = self._take()
+            if batch is None:
+                self._free.release()
+                return
+            now = time.monotonic()
+            live = []
+            for job in batch:
+                if not job.future.set_running_or_notify_cancel():
+                    continue  # the caller cancelled
+                if job.deadline is not None and now > job.deadline:
+                    job.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
+                    continue
+                live.append(job)
+            if not live:
+                self._free.release()
+                continue
+            self.on_batch(sum(len(j.ids) for j in live), self._queued)
+            self._pool.submit(self._run, live)
+
+    def _run(self, batch: list[Job]) -> None:
+        try:
+            results = self.translate_ids([s for job in batch for s in job.ids], batch[0].opts)
+            start = 0
+            for job in batch:
+                job.future.set_result(results[start:start + len(job.ids)])
+                start += len(job.ids)
+        except Exception as e:  # every caller of the batch learns what went wrong
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(e)
+        finally:
+            self._free.release()

@@ -1,0 +1,58 @@
+"""Prometheus metrics (served on their own port) and one structured log line per call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("seq2seq.server")
+
+
+class Metrics:
+    def __init__(self, port: int | None, host: str = "127.0.0.1"):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("seq2seq_requests", "calls by method and status", ["method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("seq2seq_request_seconds", "call latency", ["method"], registry=self.registry,
+                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
+        self.batch_sentences = Histogram("seq2seq_batch_sentences", "sentences per engine batch", ["model"],
+                                         registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.queue_depth = Gauge("seq2seq_queue_sentences", "sentences waiting for the engine", ["model"],
+                                 registry=self.registry)
+        self.server = None
+        if port is not None:
+            self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+            self.port = self.server.server_port
+
+    def on_batch(self, model: str):
+        def record(sentences: int, queued: int):
+            self.batch_sentences.labels(model).observe(sentences)
+            self.queue_depth.labels(model).set(queued)
+        return record
+
+    @contextmanager
+    def observe(self, method: str, context, request_id: str, sentences: int):
+        """Counts the call under its final status, times it and logs it as one JSON line."""
+        started = time.perf_counter()
+        status = "OK"
+        try:
+            yield
+        except Exception:
+            code = context.code() if hasattr(context, "code") else None
+            status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self.requests.labels(method, status).inc()
+            self.latency.labels(method).observe(seconds)
+            log.info(json.dumps({"method": method, "status": status, "ms": round(1000 * seconds, 2),
+                                 "request_id": request_id, "sentences": sentences, "peer": context.peer()}))
+
+    def close(self):
+        if self.server is not None:
+            self.server.shutdown()

@@ -1,0 +1,317 @@
+"""The TranslationService: validation, batching, evaluation jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from concurrent.futures import CancelledError
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+
+from seq2seq.config import DecodingOptions, validate_decoding_options
+from .batcher import Batcher, DeadlineExpired, QueueFull
+from .metrics import Metrics
+from .protos import load
+
+pb, pb_grpc = load()
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranslationService"].full_name
+log = logging.getLogger("seq2seq.server")
+
+
+@dataclass
+class Limits:
+    max_chars: int = 2000  # per sentence
+    max_tokens: int = 256  # source tokens per sentence
+    max_sentences: int = 256  # per request
+    max_beam: int = 32
+    max_length: int = 512
+    max_evaluate: int = 20000  # sentences of one Evaluate job
+
+
+@dataclass
+class Model:
+    name: str
+    path: str
+    translator: object  # Engine, or the Python Translator for families the engine does not run
+    backend: str
+    batcher: Batcher | None = None
+    _python: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def python(self):
+        """The Python reference decoder on the same export, loaded on first use."""
+        if self.backend == "python":
+            return self.translator
+        with self._lock:
+            if self._python is None:
+                from seq2seq.translate import Translator
+
+                self._python = Translator(self.path)
+            return self._python
+
+    def info(self):
+        t = self.translator
+        params = sum(v.numel() for v in t.export.tensors.values()) if hasattr(t, "export") else \
+            sum(p.numel() for p in t.model.parameters())
+        return pb.ModelInfo(name=self.name, family=t.model_cfg.family, source_language=t.data_cfg.src or "",
+                            target_language=t.data_cfg.tgt or "", source_vocabulary=t.model_cfg.src_vocab,
+                            target_vocabulary=t.model_cfg.tgt_vocab,
+                            compute_type=getattr(t, "compute_type", "float32"), parameters=params,
+                            backend=self.backend)
+
+
+def load_model(name: str, path: str, threads: int = 0, compute_type: str = "float32") -> Model:
+    from seq2seq.engine import SUPPORTED_FAMILIES, Engine
+    from seq2seq.export import load_export
+
+    exp = load_export(path)
+    if exp.model_cfg.family in SUPPORTED_FAMILIES:
+        return Model(name, str(path), Engine(path, threads=threads, compute_type=compute_type), "cpp")
+    from seq2seq.translate import Translator
+
+    log.warning(json.dumps({"event": "python_backend", "model": name, "family": exp.model_cfg.family}))
+    return Model(name, str(path), Translator(path), "python")
+
+
+class Invalid(Exception):
+    """A request field is wrong: INVALID_ARGUMENT with this message."""
+
+
+def decoding_options(msg, limits: Limits, field_name: str = "options") -> DecodingOptions:
+    opts = DecodingOptions(return_attention=msg.return_attention)
+    for name in ("beam_size", "n_best", "max_length", "length_penalty", "alpha"):
+        if msg.HasField(name):
+            opts = replace(opts, **{name: getattr(msg, name)})
+    if not 1 <= opts.beam_size <= limits.max_beam:
+        raise Invalid(f"{field_name}.beam_size must be within 1..{limits.max_beam}, not {opts.beam_size}")
+    if not 1 <= opts.max_length <= limits.max_length:
+        raise Invalid(f"{field_name}.max_length must be within 1..{limits.max_length}, not {opts.max_length}")
+    if not math.isfinite(opts.alpha):
+        raise Invalid(f"{field_name}.alpha must be a finite number")
+    try:
+        validate_decoding_options(opts)
+    except ValueError as e:
+        raise Invalid(f"{field_name}: {e}") from None
+    return opts
+
+
+def hypothesis(h, scores: bool):
+    out = pb.Hypothesis(text=h.text)
+    if scores:
+        out.score, out.log_prob = h.score, h.log_prob
+    if h.attention is not None:
+        rows, cols = h.attention.shape
+        out.attention.CopyFrom(pb.Attention(rows=rows, columns=cols, weights=h.attention.flatten().tolist()))
+    return out
+
+
+class TranslationService(pb_grpc.TranslationServiceServicer):
+    def __init__(self, models: dict[str, Model], limits: Limits = Limits(), metrics: Metrics | None = None,
+                 data_dir: str = ""):
+        self.models, self.limits, self.data_dir = models, limits, data_dir
+        self.metrics = metrics or Metrics(None)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _model(self, name: str, context) -> Model:
+        if not name:
+            if len(self.models) == 1:
+                return next(iter(self.models.values()))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"model: this server holds {len(self.models)} models; name one of {sorted(self.models)}")
+        if name not in self.models:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} is not loaded; loaded: {sorted(self.models)}")
+        return self.models[name]
+
+    def _encode(self, model: Model, sentences, field_name: str = "sentences") -> list[list[int]]:
+        lim = self.limits
+        if not sentences:
+            raise Invalid(f"{field_name}: the request holds no sentences")
+        if len(sentences) > lim.max_sentences:
+            raise Invalid(f"{field_name}: {len(sentences)} sentences in one request; the limit is {lim.max_sentences}"
+                          " (split the request)")
+        ids = []
+        for i, s in enumerate(sentences):
+            if len(s) > lim.max_chars:
+                raise Invalid(f"{field_name}[{i}] has {len(s)} characters; the limit is {lim.max_chars}")
+            seq = model.translator.encode(s)
+            if not seq:
+                raise Invalid(f"{field_name}[{i}] is empty")
+            if len(seq) > min(lim.max_tokens, model.translator.source_limit()):
+                raise Invalid(f"{field_name}[{i}] has {len(seq)} tokens; the limit is "
+                              f"{min(lim.max_tokens, model.translator.source_limit())}")
+            ids.append(seq)
+        return ids
+
+    def _translate(self, request, context):
+        """The TranslateResponse of one request, through the model's batcher."""
+        model = self._model(request.model, context)
+        try:
+            opts = decoding_options(request.options, self.limits)
+            ids = self._encode(model, request.sentences)
+        except Invalid as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        remaining = context.time_remaining()  # None, or near-infinite, when the caller set no deadline
+        deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e7 else None
+        try:
+            jobs = model.batcher.submit(ids, opts, deadline)
+        except QueueFull as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        self.metrics.queue_depth.labels(model.name).set(model.batcher.queued)
+        # A cancelled call frees its place in the queue.
+        context.add_callback(lambda: [job.future.cancel() for job in jobs])
+        hyps = []
+        try:
+            for job in jobs:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                hyps += job.future.result(timeout=left)
+        except (DeadlineExpired, TimeoutError):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the translation was done")
+        except CancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        translations = [pb.Translation(hypotheses=[hypothesis(model.translator._translation(h), request.options.return_scores)
+                                                   for h in sentence]) for sentence in hyps]
+        return pb.TranslateResponse(request_id=request.request_id, model=model.name, translations=translations)
+
+    # -- RPCs ------------------------------------------------------------------------------
+    def Translate(self, request, context):
+        with self.metrics.observe("Translate", context, request.request_id, len(request.sentences)):
+            return self._translate(request, context)
+
+    def TranslateStream(self, request_iterator, context):
+        """Requests are read and translated concurrently; responses go out as they are done."""
+        with self.metrics.observe("TranslateStream", context, "", 0):
+            done: queue.Queue = queue.Queue()
+            pending = []
+
+            def run(request):
+                try:
+                    done.put(self._translate(request, context))
+                except BaseException as e:  # context.abort raises; the stream ends with that status
+                    done.put(e)
+
+            def read():
+                try:
+                    for request in request_iterator:
+                        t = threading.Thread(target=run, args=(request,), daemon=True)
+                        pending.append(t)
+                        t.start()
+                except grpc.RpcError:
+                    pass  # the caller cancelled or went away: nothing more to read
+                for t in pending:
+                    t.join()
+                done.put(None)
+
+            threading.Thread(target=read, daemon=True).start()
+            while True:
+                item = done.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+    def Evaluate(self, request, context):
+        with self.metrics.observe("Evaluate", context, request.request_id, len(request.sources)):
+            yield from self._evaluate(request, context)
+
+    def _evaluate(self, request, context):
+        from seq2seq.evaluate import score
+
+        model = self._model(request.model, context)
+        try:
+            opts = decoding_options(request.options, self.limits)
+            backends = {"": ["cpp"], "cpp": ["cpp"], "python": ["python"], "both": ["cpp", "python"]}.get(request.backend)
+            if backends is None:
+                raise Invalid(f"backend must be cpp, python or both, not {request.backend!r}")
+            if "cpp" in backends and model.backend != "cpp":
+                raise Invalid(f"backend: model {model.name!r} is a {model.translator.model_cfg.family} model, which the "
+                              "C++ engine does not run; ask for backend python")
+            pairs = self._evaluation_pairs(model, request)
+        except Invalid as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
+        results, outputs = [], {}
+        for backend in backends:
+            translator = model.translator if backend == "cpp" else model.python()
+            started, hyps = time.perf_counter(), []
+            for i in range(0, len(srcs), 64):
+                if not context.is_active():
+                    return
+                hyps += [t[0].text for t in translator.translate(srcs[i:i + 64], opts)]
+                yield pb.EvaluateEvent(progress=pb.Progress(backend=backend, done=len(hyps), total=len(srcs)))
+            seconds = time.perf_counter() - started
+            s = score(hyps, refs, srcs)
+            outputs[backend] = hyps
+            results.append(pb.BackendResult(backend=backend, bleu=s["bleu"], bleu_signature=s["bleu_signature"],
+                                            chrf=s["chrf"], chrf_signature=s["chrf_signature"],
+                                            sentences_per_second=len(srcs) / seconds, seconds=seconds))
+        result = pb.EvaluateResult(request_id=request.request_id, model=model.name, sentences=len(srcs),
+                                   results=results, first_difference=-1)
+        if len(outputs) == 2:
+            a, b = outputs["cpp"], outputs["python"]
+            result.identical = sum(x == y for x, y in zip(a, b))
+            result.first_difference = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), -1)
+        yield pb.EvaluateEvent(result=result)
+
+    def _evaluation_pairs(self, model: Model, request) -> list[tuple[str, str]]:
+        from seq2seq.data import load_dataset
+
+        if request.sources or request.references:
+            if request.corpus or request.split:
+                raise Invalid("give sources and references, or corpus and split, not both")
+            if len(request.sources) != len(request.references):
+                raise Invalid(f"sources has {len(request.sources)} sentences and references {len(request.references)}; "
+                              "they must be aligned")
+            pairs = list(zip(request.sources, request.references))
+        elif request.split:
+            cfg = replace(model.translator.data_cfg, corpus=request.corpus or model.translator.data_cfg.corpus)
+            if self.data_dir:
+                cfg.data_dir = self.data_dir
+            try:
+                pairs = load_dataset(cfg, [request.split]).splits[request.split]
+            except Exception as e:  # a missing corpus or split: say which
+                raise Invalid(f"corpus {cfg.corpus!r} split {request.split!r}: {e}") from None
+        else:
+            raise Invalid("give sources and references, or a corpus split (corpus, split)")
+        if request.limit:
+            pairs = pairs[: request.limit]
+        if not pairs:
+            raise Invalid("no sentences to evaluate")
+        if len(pairs) > self.limits.max_evaluate:
+            raise Invalid(f"{len(pairs)} sentences; an Evaluate job takes at most {self.limits.max_evaluate} (set limit)")
+        for i, (s, _) in enumerate(pairs):
+            if len(s) > self.limits.max_chars:
+                raise Invalid(f"sources[{i}] has {len(s)} characters; the limit is {self.limits.max_chars}")
+        return pairs
+
+    def ListModels(self, request, context):
+        with self.metrics.observe("ListModels", context, "", 0):
+            return pb.ListModelsResponse(models=[m.info() for m in self.models.values()])
+
+    def GetModel(self, request, context):
+        with self.metrics.observe("GetModel", context, "", 0):
+            return self._model(request.name, context).info() if request.name else \
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: which model?")
+
+
+def model_paths(specs: list[str]) -> dict[str, str]:
+    """'name=path' (or a bare path, named after its folder) -> {name: path}."""
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name, spec
+        if not name or not path:
+            raise ValueError(f"--model {spec!r}: write NAME=EXPORT_DIR")
+        if name in out:
+            raise ValueError(f"--model: the name {name!r} is given twice")
+        out[name] = path
+    return out

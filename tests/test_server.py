@@ -1,0 +1,332 @@
+"""The gRPC service against a real server on 127.0.0.1 (an ephemeral port): every RPC,
+answers equal to direct engine calls, batching, health, reflection, limits, deadlines,
+cancellation, the bearer token, TLS, SIGTERM and round robin over two processes."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+import sacrebleu
+
+from seq2seq.config import DecodingOptions
+from tests.exports import random_export
+
+pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
+
+from seq2seq.engine import Engine  # noqa: E402
+from seq2seq.server.app import Server, ServerConfig  # noqa: E402
+from seq2seq.server.batcher import Batcher, QueueFull  # noqa: E402
+from seq2seq.server.client import Client, pb  # noqa: E402
+from seq2seq.server.service import Limits  # noqa: E402
+
+SENTENCES = [" ".join(f"w{4 + (i * 7 + j * 3) % 40}" for j in range(1 + i % 9)) for i in range(64)]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    return {"bahdanau": random_export(root / "a", "bahdanau-gru-bi"), "luong": random_export(root / "b", "luong-general")}
+
+
+@pytest.fixture(scope="module")
+def server(exports):
+    srv = Server(ServerConfig(models={k: str(v) for k, v in exports.items()}, port=0, metrics_port=0,
+                              max_delay_ms=5, limits=Limits(max_sentences=256, max_chars=2000)))
+    yield srv
+    srv.stop(grace=1)
+
+
+@pytest.fixture
+def client(server):
+    c = Client(f"127.0.0.1:{server.port}")
+    yield c
+    c.close()
+
+
+def expected(export, sentences, **opts):
+    return [t for t in Engine(export).translate(sentences, DecodingOptions(**opts))]
+
+
+def texts(reply):
+    return [t.hypotheses[0].text for t in reply.translations]
+
+
+def test_translate_equals_the_engine(server, client, exports):
+    reply = client.translate(SENTENCES[:7], model="bahdanau", request_id="r-1", beam_size=3, n_best=2,
+                             return_scores=True)
+    assert reply.request_id == "r-1" and reply.model == "bahdanau"
+    want = expected(exports["bahdanau"], SENTENCES[:7], beam_size=3, n_best=2)
+    for got, ref in zip(reply.translations, want):
+        assert [h.text for h in got.hypotheses] == [h.text for h in ref]
+        assert [h.score for h in got.hypotheses] == pytest.approx([h.score for h in ref], abs=1e-5)
+
+
+def test_attention_comes_back_on_request(client, exports):
+    reply = client.translate(["w5 w6 w7"], model="luong", beam_size=1, return_attention=True)
+    att = reply.translations[0].hypotheses[0].attention
+    ref = expected(exports["luong"], ["w5 w6 w7"], beam_size=1, return_attention=True)[0][0].attention
+    assert (att.rows, att.columns) == tuple(ref.shape)
+    assert list(att.weights) == pytest.approx(ref.flatten().tolist(), abs=1e-6)
+
+
+def test_models_are_listed_and_described(client):
+    names = sorted(m.name for m in client.models())
+    assert names == ["bahdanau", "luong"]
+    info = client.stub.GetModel(pb.GetModelRequest(name="luong"))
+    assert info.family == "attention" and info.backend == "cpp" and info.compute_type == "float32"
+    with pytest.raises(grpc.RpcError) as e:
+        client.stub.GetModel(pb.GetModelRequest(name="nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_stream_answers_every_request(client, exports):
+    requests = [pb.TranslateRequest(request_id=str(i), model="bahdanau", sentences=SENTENCES[i:i + 3])
+                for i in range(0, 30, 3)]
+    replies = {r.request_id: texts(r) for r in client.stub.TranslateStream(iter(requests))}
+    assert set(replies) == {r.request_id for r in requests}
+    for r in requests:
+        assert replies[r.request_id] == [t[0].text for t in expected(exports["bahdanau"], list(r.sentences))]
+
+
+def test_evaluate_streams_progress_then_sacrebleu_scores(client, exports):
+    refs = ["w5 w6 w7"] * 70 + ["w9 w10"] * 30
+    events = list(client.evaluate(model="bahdanau", backend="both", sources=SENTENCES + SENTENCES[:36],
+                                  references=refs))
+    progress = [e.progress for e in events if e.HasField("progress")]
+    assert progress[-1].done == progress[-1].total == 100 and {p.backend for p in progress} == {"cpp", "python"}
+    result = events[-1].result
+    hyps = [t[0].text for t in expected(exports["bahdanau"], SENTENCES + SENTENCES[:36])]
+    assert result.sentences == 100 and result.identical == 100 and result.first_difference == -1
+    for b in result.results:
+        assert b.bleu == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+        assert b.chrf == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+
+def test_concurrent_clients_get_what_each_would_get_alone(server, client, exports):
+    want = [t[0].text for t in expected(exports["bahdanau"], SENTENCES)]
+    before = server.metrics.batch_sentences.labels("bahdanau")._sum.get()
+    batches_before = sum(b.get() for b in server.metrics.batch_sentences.labels("bahdanau")._buckets)
+    got, errors = {}, []
+
+    def call(i):
+        try:
+            got[i] = texts(client.translate([SENTENCES[i]], model="bahdanau"))[0]
+        except grpc.RpcError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and [got[i] for i in range(64)] == want
+    sentences = server.metrics.batch_sentences.labels("bahdanau")._sum.get() - before
+    batches = sum(b.get() for b in server.metrics.batch_sentences.labels("bahdanau")._buckets) - batches_before
+    assert sentences == 64 and batches < 64  # some requests shared a batch
+
+
+@pytest.mark.parametrize("request_kw,code,words", [
+    (dict(sentences=[]), "INVALID_ARGUMENT", "no sentences"),
+    (dict(sentences=["w5", ""]), "INVALID_ARGUMENT", "sentences[1] is empty"),
+    (dict(sentences=["w5 " * 33334]), "INVALID_ARGUMENT", "characters"),
+    (dict(sentences=["w5"] * 10000), "INVALID_ARGUMENT", "10000 sentences"),
+    (dict(sentences=["w5"], model="nope"), "NOT_FOUND", "nope"),
+    (dict(sentences=["w5"], options=pb.DecodingOptions(beam_size=0)), "INVALID_ARGUMENT", "beam_size"),
+    (dict(sentences=["w5"], options=pb.DecodingOptions(beam_size=10000)), "INVALID_ARGUMENT", "beam_size"),
+    (dict(sentences=["w5"], options=pb.DecodingOptions(max_length=-3)), "INVALID_ARGUMENT", "max_length"),
+    (dict(sentences=["w5"], options=pb.DecodingOptions(length_penalty="wu")), "INVALID_ARGUMENT", "length_penalty"),
+    (dict(sentences=["w5"], options=pb.DecodingOptions(beam_size=2, n_best=3)), "INVALID_ARGUMENT", "n_best"),
+], ids=["empty", "empty-sentence", "100k-chars", "10k-sentences", "unknown-model", "beam-0", "beam-10000",
+        "negative-max-length", "bad-penalty", "n-best-over-beam"])
+def test_bad_requests_get_their_status_and_the_server_goes_on(client, request_kw, code, words):
+    request_kw.setdefault("model", "bahdanau")
+    with pytest.raises(grpc.RpcError) as e:
+        client.stub.Translate(pb.TranslateRequest(**request_kw))
+    assert e.value.code().name == code and words in e.value.details()
+    assert texts(client.translate(["w5 w6"], model="bahdanau"))  # still serving
+
+
+def test_a_model_name_is_needed_when_there_are_several(client):
+    with pytest.raises(grpc.RpcError) as e:
+        client.translate(["w5"])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "bahdanau" in e.value.details()
+
+
+def test_health_and_reflection(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "seq2seq.v1.TranslationService"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"seq2seq.v1.TranslationService", "grpc.health.v1.Health"} <= names
+    channel.close()
+
+
+def test_expired_deadline_and_cancelled_stream(server, client):
+    with pytest.raises(grpc.RpcError) as e:
+        client.stub.Translate(pb.TranslateRequest(model="bahdanau", sentences=SENTENCES), timeout=0.0005)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def endless():
+        i = 0
+        while True:
+            i += 1
+            yield pb.TranslateRequest(request_id=str(i), model="bahdanau", sentences=SENTENCES[:8])
+            time.sleep(0.01)
+
+    stream = client.stub.TranslateStream(endless())
+    next(stream)
+    stream.cancel()
+    with pytest.raises(grpc.RpcError) as e:
+        list(stream)
+    assert e.value.code() == grpc.StatusCode.CANCELLED
+    deadline = time.time() + 10
+    while server.models["bahdanau"].batcher.queued and time.time() < deadline:
+        time.sleep(0.01)
+    assert server.models["bahdanau"].batcher.queued == 0
+    assert texts(client.translate(["w5 w6"], model="bahdanau"))
+
+
+def test_a_full_queue_is_resource_exhausted(exports):
+    srv = Server(ServerConfig(models={"m": str(exports["bahdanau"])}, port=0, max_queue=3))
+    try:
+        c = Client(f"127.0.0.1:{srv.port}")
+        with pytest.raises(grpc.RpcError) as e:
+            c.translate(SENTENCES[:4])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 3" in e.value.details()
+        assert texts(c.translate(SENTENCES[:3]))
+        c.close()
+    finally:
+        srv.stop(grace=1)
+
+
+def test_batcher_bounds_its_queue_and_skips_cancelled_jobs():
+    release, seen = threading.Event(), []
+
+    def slow(ids, opts):
+        release.wait(10)
+        seen.extend(ids)
+        return [[None] for _ in ids]
+
+    batcher = Batcher(slow, max_batch=2, max_delay=0, max_queue=4, workers=1)
+    first = batcher.submit([[5]], DecodingOptions())  # taken by the only worker, which then waits
+    time.sleep(0.05)
+    queued = batcher.submit([[6], [7]], DecodingOptions()) + batcher.submit([[8], [9]], DecodingOptions())
+    with pytest.raises(QueueFull):
+        batcher.submit([[10]], DecodingOptions())
+    assert queued[0].future.cancel()
+    release.set()
+    assert queued[1].future.result(5) == [[None], [None]] and first[0].future.result(5) == [[None]]
+    batcher.close()
+    assert [6] not in seen and [8] in seen
+
+
+def test_bearer_token(exports):
+    srv = Server(ServerConfig(models={"m": str(exports["luong"])}, port=0, token="s3cret"))
+    try:
+        for token in ("", "wrong"):
+            c = Client(f"127.0.0.1:{srv.port}", token=token)
+            with pytest.raises(grpc.RpcError) as e:
+                c.translate(["w5"])
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            c.close()
+        c = Client(f"127.0.0.1:{srv.port}", token="s3cret")
+        assert texts(c.translate(["w5"]))
+        c.close()
+    finally:
+        srv.stop(grace=1)
+
+
+def test_tls_with_a_certificate_made_here(exports, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    srv = Server(ServerConfig(models={"m": str(exports["luong"])}, port=0, tls_cert=str(cert), tls_key=str(key)))
+    try:
+        c = Client(f"localhost:{srv.port}", tls_ca=str(cert))
+        assert texts(c.translate(["w5 w6"])) == [t[0].text for t in expected(exports["luong"], ["w5 w6"])]
+        c.close()
+        plain = Client(f"127.0.0.1:{srv.port}", timeout=5)
+        with pytest.raises(grpc.RpcError):
+            plain.translate(["w5"])
+        plain.close()
+    finally:
+        srv.stop(grace=1)
+
+
+def test_metrics_are_served(server, client):
+    client.translate(["w5"], model="luong")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics.port}/metrics", timeout=5).read().decode()
+    assert re.search(r'seq2seq_requests_total\{method="Translate",status="OK"\} [1-9]', text)
+    assert "seq2seq_batch_sentences_bucket" in text and "seq2seq_request_seconds_bucket" in text
+
+
+def start_process(export, *extra):
+    """A `seq2seq serve` process on a free port: (process, port, metrics port)."""
+    proc = subprocess.Popen([sys.executable, "-m", "seq2seq", "serve", "--model", f"m={export}", "--port", "0",
+                             "--metrics-port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = proc.stdout.readline()
+    found = re.search(r"on 127\.0\.0\.1:(\d+), metrics on 127\.0\.0\.1:(\d+)", line)
+    assert found, f"server did not start: {line!r}"
+    return proc, int(found.group(1)), int(found.group(2))
+
+
+def test_sigterm_during_load_loses_no_accepted_request(exports):
+    proc, port, _ = start_process(exports["bahdanau"], "--grace", "20")
+    want = [t[0].text for t in expected(exports["bahdanau"], SENTENCES[:16])]
+    outcomes, stop = [], threading.Event()
+
+    def load():
+        c = Client(f"127.0.0.1:{port}", timeout=30)
+        while not stop.is_set():
+            try:
+                outcomes.append(texts(c.translate(SENTENCES[:16])) == want)
+            except grpc.RpcError as e:
+                outcomes.append(e.code())
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    break
+        c.close()
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    stop.set()
+    for t in threads:
+        t.join()
+    answered = [o for o in outcomes if o is True]
+    refused = [o for o in outcomes if o is not True]
+    assert answered and all(o == grpc.StatusCode.UNAVAILABLE for o in refused), refused
+
+
+def test_round_robin_over_two_processes(exports):
+    procs = [start_process(exports["luong"]) for _ in range(2)]
+    try:
+        c = Client(",".join(f"127.0.0.1:{port}" for _, port, _ in procs))
+        for _ in range(20):
+            assert texts(c.translate(["w5 w6"]))
+        c.close()
+        for _, _, metrics_port in procs:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            served = float(re.search(r'seq2seq_requests_total\{method="Translate",status="OK"\} (\S+)', text).group(1))
+            assert served >= 5  # both took a share
+    finally:
+        for proc, _, _ in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
