@@ -1,6 +1,7 @@
 # make setup [TORCH=cpu|cuda]   create .venv and install (idempotent)
 # make demo                     the main job: train (or reuse) a French->English model, translate, export,
-#                               score with the C++ engine and the Python reference (BLEU, parity), plot
+#                               score with the C++ engine and the Python reference (BLEU, parity), plot,
+#                               then serve it over gRPC: translate and an Evaluate job through the server
 # make test                     the whole test suite: the C++ library's tests (ctest), then pytest
 # make cpp                      build the C++ library, its tests and seq2seq-translate (CMake, build/cmake)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -24,10 +25,11 @@ endif
 setup: $(STAMP)
 
 # The C++ engine is rebuilt when its sources change.
-$(STAMP): requirements.txt setup.py Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/sources.txt)
+$(STAMP): requirements.txt setup.py Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/sources.txt proto/seq2seq/v1/*.proto)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_$(TORCH)) -r requirements.txt
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -m seq2seq.server.protos >/dev/null  # the gRPC stubs, from proto/
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -40,6 +42,14 @@ demo: setup $(DEMO)/trained
 	$(S2S) export $(DEMO)/best.pt $(DEMO)/export
 	$(S2S) evaluate --model $(DEMO)/export --split test --beam-size 5 --backend both --out $(DEMO)/eval --quiet
 	$(S2S) plot-attention --model $(DEMO)/best.pt "Nous avons acheté une voiture rouge." --out $(DEMO)
+	@# The gRPC service on the same export: start, translate, an Evaluate job, stop (SIGTERM).
+	$(S2S) serve --model demo=$(DEMO)/export --port 0 > $(DEMO)/server.out 2> $(DEMO)/server.log & pid=$$!; \
+	for i in $$(seq 300); do grep -q serving $(DEMO)/server.out && break; sleep 0.2; done; \
+	cat $(DEMO)/server.out; port=$$(sed -n 's/.*on 127.0.0.1:\([0-9]*\).*/\1/p' $(DEMO)/server.out); \
+	$(S2S) client translate --target 127.0.0.1:$$port --beam-size 5 "Il fait beau aujourd'hui." \
+	  "Nous avons acheté une voiture rouge." && \
+	$(S2S) client evaluate --target 127.0.0.1:$$port --split test --backend both --beam-size 5 2>/dev/null; \
+	status=$$?; kill -TERM $$pid; wait $$pid; echo "server stopped (exit $$?)"; exit $$status
 
 # Trained once; an interrupted run resumes from its last checkpoint.
 $(DEMO)/trained: $(DEMO_RECIPE) | $(STAMP)

@@ -54,7 +54,9 @@ setup(
     # The gRPC service's code sits in server/ at the top of the repository and installs as seq2seq.server.
     packages=find_packages(include=["seq2seq", "seq2seq.*"]) + ["seq2seq.server"],
     package_dir={"seq2seq.server": "server"},
-    install_requires=["torch>=2.13", "sentencepiece>=0.2", "sacrebleu>=2.4", "tqdm>=4.66", "safetensors>=0.4"],
+    install_requires=["torch>=2.13", "sentencepiece>=0.2", "sacrebleu>=2.4", "tqdm>=4.66", "safetensors>=0.4",
+                      "grpcio>=1.60", "grpcio-tools>=1.60", "grpcio-health-checking>=1.60",
+                      "grpcio-reflection>=1.60", "prometheus-client>=0.19"],
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext()},
     entry_points={"console_scripts": ["seq2seq=seq2seq.cli:main"]},

@@ -405,6 +405,48 @@ def cmd_client(args) -> int:
     return 0
 
 
+def cmd_bench_server(args) -> int:
+    import json
+
+    from seq2seq.export import load_export
+    from seq2seq.server import loadtest
+
+    exp = load_export(args.model)  # a clear error before any server starts
+    if args.input:
+        sentences = read_sources(args)
+    else:
+        from seq2seq.data import load_dataset
+
+        split = args.split or ("test_2016_flickr" if exp.data_cfg.corpus == "multi30k" else "test")
+        sentences = [s for s, _ in load_dataset(exp.data_cfg, [split]).splits[split]]
+    sentences = [s for s in sentences if s.strip()]
+    if not sentences:
+        raise ValueError("no sentences to send")
+    clients = [int(c) for c in args.clients.split(",")]
+    batches = [int(b) for b in args.max_batch.split(",")]
+    if min(clients) < 1 or min(batches) < 1 or args.seconds <= 0 or args.max_requests < 1:
+        raise ValueError("--clients, --max-batch and --max-requests must be positive, --seconds > 0")
+    rows = loadtest.bench_server(args.model, sentences, clients, batches, args.seconds, args.max_requests,
+                                 args.beam_size, args.threads, args.compute_type)
+    direct = loadtest.direct_latency_ms(args.model, sentences, args.beam_size, args.compute_type)
+    table = loadtest.markdown(rows)
+    print("\n" + table)
+    print(f"direct engine call ({args.compute_type}), one sentence, beam {args.beam_size}: p50 {direct:.1f} ms")
+    for r in rows:
+        if r["clients"] == 1:
+            print(f"max batch {r['max_batch']}, one client: p50 {r['p50_ms']:.1f} ms, "
+                  f"{r['p50_ms'] - direct:+.1f} ms over the direct call")
+    by = {(r["max_batch"], r["clients"]): r for r in rows}
+    for n in clients:
+        if len(batches) > 1 and (1, n) in by and by[(1, n)]["requests_per_s"]:
+            best = max(b for b in batches)
+            print(f"{n} clients: max batch {best} gives {by[(best, n)]['requests_per_s'] / by[(1, n)]['requests_per_s']:.1f}x "
+                  "the throughput of max batch 1")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows, "direct_p50_ms": direct}, indent=1) + "\n")
+    return 0
+
+
 def cmd_study(args) -> int:
     from seq2seq import study
 
@@ -567,6 +609,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="", help="where Evaluate reads corpora")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
     p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("bench-server", help="concurrent clients against a local server: throughput, latency")
+    p.add_argument("--model", required=True, help="an export directory")
+    p.add_argument("--input", help="sentences from this file (default: the model's test split)")
+    p.add_argument("--split", help="default: test_2016_flickr on Multi30k, else test")
+    p.add_argument("--clients", default="1,64", help="comma-separated client counts")
+    p.add_argument("--max-batch", default="64,1", help="comma-separated server batch limits to compare")
+    p.add_argument("--seconds", type=float, default=60.0, help="per case, at most")
+    p.add_argument("--max-requests", type=int, default=20000, help="per case, at most")
+    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="the server engine's intra-op threads")
+    p.add_argument("--compute-type", default="float32", help="the server engine's: float32 or int8")
+    p.add_argument("--out", help="write the rows here as JSON")
+    p.set_defaults(func=cmd_bench_server)
 
     p = commands.add_parser("client", help="call a translation server")
     sub = p.add_subparsers(dest="client_command", required=True)

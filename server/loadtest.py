@@ -1,0 +1,135 @@
+"""`seq2seq bench-server`: concurrent clients against a local server process.
+
+Each case starts `seq2seq serve` on 127.0.0.1 (a free port) with the case's batch limit,
+then runs N client threads, each sending one sentence per request, until T seconds or R
+requests have passed, whichever comes first. Reported: requests/s, p50/p90/p99 latency,
+errors, and the server's resident memory after start-up and at the end. A direct engine
+call on the same sentences, one at a time, gives the latency floor for one client.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+
+from .client import Client
+
+
+def start_server(export: str, *extra: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "seq2seq", "serve", "--model", f"m={export}", "--port", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = proc.stdout.readline()
+    found = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+    if not found:
+        proc.kill()
+        raise RuntimeError(f"the server did not start: {line!r}")
+    return proc, int(found.group(1))
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run_load(target: str, sentences: list[str], clients: int, seconds: float, max_requests: int,
+             beam_size: int) -> dict:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = iter(range(max_requests))
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def worker(k: int):
+        client = Client(target, timeout=30)
+        while time.monotonic() < end:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                break
+            t = time.perf_counter()
+            try:
+                client.translate([sentences[(i + k) % len(sentences)]], beam_size=beam_size)
+                latency = time.perf_counter() - t
+                with lock:
+                    latencies.append(latency)
+            except grpc.RpcError as e:
+                with lock:
+                    errors[e.code().name] = errors.get(e.code().name, 0) + 1
+        client.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    return {"requests": len(latencies), "seconds": wall, "requests_per_s": len(latencies) / wall,
+            "p50_ms": 1000 * percentile(latencies, 0.5), "p90_ms": 1000 * percentile(latencies, 0.9),
+            "p99_ms": 1000 * percentile(latencies, 0.99), "errors": errors}
+
+
+def direct_latency_ms(export: str, sentences: list[str], beam_size: int, compute_type: str = "float32",
+                      n: int = 200) -> float:
+    from seq2seq.config import DecodingOptions
+    from seq2seq.engine import Engine
+
+    engine, opts = Engine(export, compute_type=compute_type), DecodingOptions(beam_size=beam_size)
+    times = []
+    for s in sentences[:n]:
+        t = time.perf_counter()
+        engine.translate([s], opts)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def bench_server(export: str, sentences: list[str], clients: list[int], batches: list[int], seconds: float,
+                 max_requests: int, beam_size: int = 5, threads: int = 0, compute_type: str = "float32",
+                 log=print) -> list[dict]:
+    rows = []
+    for batch in batches:
+        for n in clients:
+            proc, port = start_server(export, "--max-batch", str(batch), "--max-queue", "100000",
+                                      "--threads", str(threads), "--compute-type", compute_type)
+            try:
+                Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
+                start_mib = rss_mib(proc.pid)
+                r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
+                r.update(max_batch=batch, clients=n, server_mib_start=start_mib, server_mib_end=rss_mib(proc.pid))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+            rows.append(r)
+            log(f"max batch {batch:3} clients {n:3}: {r['requests']:6} requests, {r['requests_per_s']:7.1f}/s, "
+                f"p50 {r['p50_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, errors {sum(r['errors'].values())}")
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| max batch | clients | requests | requests/s | p50 ms | p90 ms | p99 ms | errors | server MiB, start -> end |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
+        lines.append(f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
+                     f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {errors} | "
+                     f"{r['server_mib_start']:.0f} -> {r['server_mib_end']:.0f} |")
+    return "\n".join(lines) + "\n"
