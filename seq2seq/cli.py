@@ -377,7 +377,7 @@ def cmd_client(args) -> int:
                     for h in t.hypotheses:
                         print(f"{h.score:.4f}\t{h.text}" if args.scores else h.text)
         elif args.client_command == "evaluate":
-            print("| backend | BLEU | chrF | sentences/s | signature |\n|---|---:|---:|---:|---|")
+            print("| backend | BLEU | chrF | sentences/s |\n|---|---:|---:|---:|")
             for event in client.evaluate(model=args.model, backend=args.backend, corpus=args.corpus,
                                          split=args.split, limit=args.limit, **options):
                 if event.HasField("progress"):
@@ -386,8 +386,9 @@ def cmd_client(args) -> int:
                     continue
                 r = event.result
                 for b in r.results:
-                    print(f"| {b.backend} | {b.bleu:.2f} | {b.chrf:.2f} | {b.sentences_per_second:.1f} | "
-                          f"{b.bleu_signature} |", flush=True)
+                    print(f"| {b.backend} | {b.bleu:.2f} | {b.chrf:.2f} | {b.sentences_per_second:.1f} |", flush=True)
+                print(f"\n{r.sentences} sentences; BLEU {r.results[0].bleu_signature}; "
+                      f"chrF {r.results[0].chrf_signature}")
                 if len(r.results) == 2:
                     print(f"\nparity: {r.identical} of {r.sentences} translations identical"
                           + (f" (first difference: sentence {r.first_difference + 1})" if r.first_difference >= 0

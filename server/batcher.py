@@ -1,8 +1,9 @@
 """Dynamic batching: sentences of concurrent requests merged into engine batches.
 
 A request's sentences become one or more jobs (at most ``max_batch`` sentences each). A
-dispatcher thread takes the oldest job, waits up to ``max_delay`` seconds from its arrival
-for more jobs with the same decoding options, and hands the batch (up to ``max_batch``
+dispatcher thread takes the oldest job and, while another batch is running (a sign of
+concurrent callers), waits up to ``max_delay`` seconds from its arrival for more jobs with
+the same decoding options; then it hands the batch (up to ``max_batch``
 sentences and ``max_tokens`` source tokens x beam) to a pool of workers that call the
 engine, which releases the GIL. Batches are formed only when a worker is free, so under
 load the queue grows and batches fill up. Jobs whose deadline has passed, or whose
@@ -56,6 +57,7 @@ class Batcher:
         self._queued = 0  # sentences waiting
         self._cond = threading.Condition()
         self._closed = False
+        self._running = 0  # batches in the workers
         self._free = threading.Semaphore(workers)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="engine")
         self._thread = threading.Thread(target=self._dispatch, name="batcher", daemon=True)
@@ -99,7 +101,9 @@ class Batcher:
             while not self._closed:
                 ready = sum(len(j.ids) for j in self._queue if j.key == first.key)
                 left = until - time.monotonic()
-                if ready >= self.max_batch or left <= 0:
+                # With no batch running there is no sign of concurrent callers: waiting for
+                # company would only add the delay to a lone caller's latency.
+                if ready >= self.max_batch or left <= 0 or self._running == 0:
                     break
                 self._cond.wait(left)
             batch, sentences, cost = [], 0, 0
@@ -135,6 +139,8 @@ class Batcher:
                 self._free.release()
                 continue
             self.on_batch(sum(len(j.ids) for j in live), self._queued)
+            with self._cond:
+                self._running += 1
             self._pool.submit(self._run, live)
 
     def _run(self, batch: list[Job]) -> None:
@@ -149,4 +155,7 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(e)
         finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify()
             self._free.release()

@@ -330,3 +330,17 @@ def test_round_robin_over_two_processes(exports):
         for proc, _, _ in procs:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
+
+
+def test_client_command(server, exports, capsys):
+    from seq2seq.cli import main
+
+    target = f"127.0.0.1:{server.port}"
+    assert main(["client", "translate", "--target", target, "--model", "bahdanau", "--beam-size", "3",
+                 "w5 w6", "w7 w8 w9"]) == 0
+    want = [t[0].text for t in expected(exports["bahdanau"], ["w5 w6", "w7 w8 w9"], beam_size=3)]
+    assert capsys.readouterr().out.split("\n")[:2] == want
+    assert main(["client", "models", "--target", target]) == 0
+    assert "luong: attention" in capsys.readouterr().out
+    assert main(["client", "translate", "--target", target, "--model", "nope", "w5"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
