@@ -23,16 +23,17 @@ import grpc
 from .client import Client
 
 
-def start_server(export: str, *extra: str) -> tuple[subprocess.Popen, int]:
+def start_server(export: str, *extra: str) -> tuple[subprocess.Popen, int, int | None]:
+    """A `seq2seq serve` process on a free port: (process, port, metrics port if asked for)."""
     proc = subprocess.Popen([sys.executable, "-m", "seq2seq", "serve", "--model", f"m={export}", "--port", "0", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()
-    found = re.search(r"on 127\.0\.0\.1:(\d+)", line)
+    found = re.search(r"on 127\.0\.0\.1:(\d+)(?:, metrics on 127\.0\.0\.1:(\d+))?", line)
     if not found:
         proc.kill()
         raise RuntimeError(f"the server did not start: {line!r}")
-    return proc, int(found.group(1))
+    return proc, int(found.group(1)), int(found.group(2)) if found.group(2) else None
 
 
 def rss_mib(pid: int) -> float:
@@ -108,7 +109,7 @@ def bench_server(export: str, sentences: list[str], clients: list[int], batches:
     rows = []
     for batch in batches:
         for n in clients:
-            proc, port = start_server(export, "--max-batch", str(batch), "--max-queue", "100000",
+            proc, port, _ = start_server(export, "--max-batch", str(batch), "--max-queue", "100000",
                                       "--threads", str(threads), "--compute-type", compute_type)
             try:
                 Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up

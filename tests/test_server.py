@@ -2,11 +2,9 @@
 answers equal to direct engine calls, batching, health, reflection, limits, deadlines,
 cancellation, the bearer token, TLS, SIGTERM and round robin over two processes."""
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -26,6 +24,7 @@ from seq2seq.engine import Engine  # noqa: E402
 from seq2seq.server.app import Server, ServerConfig  # noqa: E402
 from seq2seq.server.batcher import Batcher, QueueFull  # noqa: E402
 from seq2seq.server.client import Client, pb  # noqa: E402
+from seq2seq.server.loadtest import start_server  # noqa: E402
 from seq2seq.server.service import Limits  # noqa: E402
 
 SENTENCES = [" ".join(f"w{4 + (i * 7 + j * 3) % 40}" for j in range(1 + i % 9)) for i in range(64)]
@@ -275,14 +274,7 @@ def test_metrics_are_served(server, client):
 
 
 def start_process(export, *extra):
-    """A `seq2seq serve` process on a free port: (process, port, metrics port)."""
-    proc = subprocess.Popen([sys.executable, "-m", "seq2seq", "serve", "--model", f"m={export}", "--port", "0",
-                             "--metrics-port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    line = proc.stdout.readline()
-    found = re.search(r"on 127\.0\.0\.1:(\d+), metrics on 127\.0\.0\.1:(\d+)", line)
-    assert found, f"server did not start: {line!r}"
-    return proc, int(found.group(1)), int(found.group(2))
+    return start_server(str(export), "--metrics-port", "0", *extra)
 
 
 def test_sigterm_during_load_loses_no_accepted_request(exports):
