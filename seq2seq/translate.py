@@ -100,13 +100,14 @@ class TextTranslator:
                 end += 1
             chunk = order[start:end]
             for i, hyps in zip(chunk, self.decode_ids([ids[i] for i in chunk], opts)):
-                results[i] = [self._translation(h) for h in hyps]
+                results[i] = [self.translation(h) for h in hyps]
             bar.update(len(chunk))
             start = end
         bar.close()
         return results
 
-    def _translation(self, h: Hypothesis) -> Translation:
+    def translation(self, h: Hypothesis) -> Translation:
+        """A hypothesis of token ids as text."""
         return Translation(self.tokenizer.tgt.decode(h.tokens), h.tokens, h.score, h.log_prob, h.attention)
 
 

@@ -176,8 +176,9 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        translations = [pb.Translation(hypotheses=[hypothesis(model.translator._translation(h), request.options.return_scores)
-                                                   for h in sentence]) for sentence in hyps]
+        scores = request.options.return_scores
+        translations = [pb.Translation(hypotheses=[hypothesis(model.translator.translation(h), scores) for h in sentence])
+                        for sentence in hyps]
         return pb.TranslateResponse(request_id=request.request_id, model=model.name, translations=translations)
 
     # -- RPCs ------------------------------------------------------------------------------
