@@ -376,6 +376,23 @@ def cmd_client(args) -> int:
                 for t in reply.translations:
                     for h in t.hypotheses:
                         print(f"{h.score:.4f}\t{h.text}" if args.scores else h.text)
+        elif args.client_command == "evaluate" and (args.shards or len(args.target.split(","))) > 1:
+            shards = args.shards or len(args.target.split(","))
+            done = {}
+
+            def progress(k, p):
+                done[(k, p.backend)] = (p.done, p.total)
+                print(f"{p.backend}: {sum(d for (_, b), (d, _) in done.items() if b == p.backend)} sentences done "
+                      f"({shards} shards)", file=sys.stderr, flush=True)
+
+            r = client.evaluate_spread(shards, progress, model=args.model, backend=args.backend, corpus=args.corpus,
+                                       split=args.split, limit=args.limit, **options)
+            print("| backend | BLEU | chrF | sentences/s |\n|---|---:|---:|---:|")
+            for b in r["results"]:
+                print(f"| {b['backend']} | {b['bleu']:.2f} | {b['chrf']:.2f} | {b['sentences_per_second']:.1f} |")
+            print(f"\n{r['sentences']} sentences in {shards} shards; BLEU {r['results'][0]['bleu_signature']}")
+            if "identical" in r:
+                print(f"parity: {r['identical']} of {r['sentences']} translations identical")
         elif args.client_command == "evaluate":
             print("| backend | BLEU | chrF | sentences/s |\n|---|---:|---:|---:|")
             for event in client.evaluate(model=args.model, backend=args.backend, corpus=args.corpus,
@@ -649,6 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="")
     ev.add_argument("--limit", type=int, default=0, help="at most this many sentences")
     ev.add_argument("--backend", choices=("cpp", "python", "both"), default="cpp")
+    ev.add_argument("--shards", type=int, default=0,
+                    help="split the job into this many calls, spread over the targets (default: one per target)")
     return parser
 
 

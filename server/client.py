@@ -6,6 +6,8 @@ over them with gRPC's client-side round_robin load balancing.
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 
 from .protos import load
@@ -55,11 +57,62 @@ class Client:
         return self.stub.Translate(request, timeout=self.timeout, metadata=self.metadata)
 
     def evaluate(self, model: str = "", backend: str = "cpp", corpus: str = "", split: str = "", limit: int = 0,
-                 sources=(), references=(), **options):
+                 sources=(), references=(), shard: int = 0, shards: int = 0, return_texts: bool = False, **options):
         request = pb.EvaluateRequest(model=model, backend=backend, corpus=corpus, split=split, limit=limit,
-                                     sources=list(sources), references=list(references),
-                                     options=options_message(**options))
+                                     sources=list(sources), references=list(references), shard=shard,
+                                     shards=shards, return_texts=return_texts, options=options_message(**options))
         return self.stub.Evaluate(request, metadata=self.metadata)
+
+    def evaluate_spread(self, shards: int, progress=None, **job) -> dict:
+        """One Evaluate job as `shards` calls at once; over a channel to several servers,
+        round robin gives each its share. The shards' translations are merged and the whole
+        corpus is scored here, so BLEU is the corpus BLEU, not an average of shards'."""
+        from seq2seq.evaluate import score
+
+        parts, errors = [None] * shards, []
+
+        def run(k):
+            try:
+                for event in self.evaluate(shard=k, shards=shards, return_texts=True, **job):
+                    if event.HasField("progress"):
+                        if progress:
+                            progress(k, event.progress)
+                    else:
+                        parts[k] = event.result
+            except grpc.RpcError as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(shards)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        parts = [p for p in parts if p.sentences]
+        n = sum(p.sentences for p in parts)
+        srcs, refs = [""] * n, [""] * n
+        for p in parts:
+            for i, s, r in zip(p.indices, p.sources, p.references):
+                srcs[i], refs[i] = s, r
+        results, outputs = [], {}
+        for j, backend in enumerate(b.backend for b in parts[0].results):
+            hyps = [""] * n
+            for p in parts:
+                for i, h in zip(p.indices, p.results[j].hypotheses):
+                    hyps[i] = h
+            s = score(hyps, refs, srcs)
+            seconds = max(p.results[j].seconds for p in parts)
+            outputs[backend] = hyps
+            results.append({"backend": backend, "bleu": s["bleu"], "chrf": s["chrf"],
+                            "bleu_signature": s["bleu_signature"], "chrf_signature": s["chrf_signature"],
+                            "sentences_per_second": n / seconds if seconds else 0.0})
+        merged = {"sentences": n, "results": results}
+        if len(outputs) == 2:
+            a, b = outputs["cpp"], outputs["python"]
+            merged["identical"] = sum(x == y for x, y in zip(a, b))
+            merged["first_difference"] = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), -1)
+        return merged
 
     def models(self):
         return self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata).models

@@ -238,7 +238,18 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             pairs = self._evaluation_pairs(model, request)
         except Invalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        indices = list(range(len(pairs)))
+        if request.shards > 1:
+            if request.shard >= request.shards:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"shard must be within 0..shards-1 ({request.shards - 1}), not {request.shard}")
+            indices = indices[request.shard::request.shards]
+            pairs = [pairs[i] for i in indices]
         srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
+        if not srcs:  # a shard beyond the sentences: nothing to do
+            yield pb.EvaluateEvent(result=pb.EvaluateResult(request_id=request.request_id, model=model.name,
+                                                            first_difference=-1))
+            return
         results, outputs = [], {}
         for backend in backends:
             translator = model.translator if backend == "cpp" else model.python()
@@ -253,9 +264,14 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             outputs[backend] = hyps
             results.append(pb.BackendResult(backend=backend, bleu=s["bleu"], bleu_signature=s["bleu_signature"],
                                             chrf=s["chrf"], chrf_signature=s["chrf_signature"],
-                                            sentences_per_second=len(srcs) / seconds, seconds=seconds))
+                                            sentences_per_second=len(srcs) / seconds, seconds=seconds,
+                                            hypotheses=hyps if request.return_texts else []))
         result = pb.EvaluateResult(request_id=request.request_id, model=model.name, sentences=len(srcs),
                                    results=results, first_difference=-1)
+        if request.return_texts:
+            result.indices.extend(indices)
+            result.sources.extend(srcs)
+            result.references.extend(refs)
         if len(outputs) == 2:
             a, b = outputs["cpp"], outputs["python"]
             result.identical = sum(x == y for x, y in zip(a, b))

@@ -336,3 +336,25 @@ def test_client_command(server, exports, capsys):
     assert "luong: attention" in capsys.readouterr().out
     assert main(["client", "translate", "--target", target, "--model", "nope", "w5"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_an_evaluate_job_spread_over_two_servers_scores_the_whole_corpus(server, exports):
+    second = Server(ServerConfig(models={k: str(v) for k, v in exports.items()}, port=0))
+    try:
+        sources, refs = SENTENCES[:50], ["w5 w6 w7"] * 25 + ["w9 w10"] * 25
+        spread = Client(f"127.0.0.1:{server.port},127.0.0.1:{second.port}")
+        before = [s.models["bahdanau"].batcher is not None and s.metrics.requests.labels("Evaluate", "OK")._value.get()
+                  for s in (server, second)]
+        merged = spread.evaluate_spread(4, model="bahdanau", backend="both", sources=sources, references=refs)
+        after = [s.metrics.requests.labels("Evaluate", "OK")._value.get() for s in (server, second)]
+        assert all(a > b for a, b in zip(after, before))  # both servers took shards
+        hyps = [t[0].text for t in expected(exports["bahdanau"], sources)]
+        assert merged["sentences"] == 50 and merged["identical"] == 50
+        for r in merged["results"]:
+            assert r["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+        # More shards than sentences: the empty ones add nothing.
+        few = spread.evaluate_spread(5, model="bahdanau", sources=sources[:3], references=refs[:3])
+        assert few["sentences"] == 3
+        spread.close()
+    finally:
+        second.stop(grace=1)
