@@ -311,13 +311,20 @@ def test_round_robin_over_two_processes(exports):
     procs = [start_process(exports["luong"]) for _ in range(2)]
     try:
         c = Client(",".join(f"127.0.0.1:{port}" for _, port, _ in procs))
-        for _ in range(20):
-            assert texts(c.translate(["w5 w6"]))
-        c.close()
-        for _, _, metrics_port in procs:
+
+        def served(metrics_port):
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-            served = float(re.search(r'seq2seq_requests_total\{method="Translate",status="OK"\} (\S+)', text).group(1))
-            assert served >= 5  # both took a share
+            found = re.search(r'seq2seq_requests_total\{method="Translate",status="OK"\} (\S+)', text)
+            return float(found.group(1)) if found else 0.0
+
+        # Round robin uses the servers whose connections are up: rounds of 20 calls, at most 5.
+        for _ in range(5):
+            for _ in range(20):
+                assert texts(c.translate(["w5 w6"]))
+            if all(served(m) >= 5 for _, _, m in procs):
+                break
+        c.close()
+        assert all(served(m) >= 5 for _, _, m in procs)  # both took a share
     finally:
         for proc, _, _ in procs:
             proc.send_signal(signal.SIGTERM)
@@ -343,8 +350,14 @@ def test_an_evaluate_job_spread_over_two_servers_scores_the_whole_corpus(server,
     try:
         sources, refs = SENTENCES[:50], ["w5 w6 w7"] * 25 + ["w9 w10"] * 25
         spread = Client(f"127.0.0.1:{server.port},127.0.0.1:{second.port}")
-        before = [s.models["bahdanau"].batcher is not None and s.metrics.requests.labels("Evaluate", "OK")._value.get()
-                  for s in (server, second)]
+        # Round robin uses the servers whose connections are up; cheap calls until both are.
+        listed = lambda: [s.metrics.requests.labels("ListModels", "OK")._value.get() for s in (server, second)]
+        start = listed()
+        for _ in range(200):
+            spread.models()
+            if all(a > b for a, b in zip(listed(), start)):
+                break
+        before = [s.metrics.requests.labels("Evaluate", "OK")._value.get() for s in (server, second)]
         merged = spread.evaluate_spread(4, model="bahdanau", backend="both", sources=sources, references=refs)
         after = [s.metrics.requests.labels("Evaluate", "OK")._value.get() for s in (server, second)]
         assert all(a > b for a, b in zip(after, before))  # both servers took shards
