@@ -74,7 +74,7 @@ class PeakMemory:
 def run_case(translator, sources: list[list[int]], case: Case, opts: DecodingOptions) -> dict:
     opts = replace(opts, beam_size=case.beam_size, n_best=1)
     translator.decode_ids(sources[: case.batch], opts)  # warm-up: first-call allocations
-    latencies, out_tokens, outputs = [], 0, []
+    latencies, outputs = [], []
     with PeakMemory() as memory:
         started = time.perf_counter()
         for i in range(0, len(sources), case.batch):
@@ -93,11 +93,9 @@ def run_case(translator, sources: list[list[int]], case: Case, opts: DecodingOpt
 def decoder_step_weights(model: torch.nn.Module) -> int:
     """Elements of the weight matrices one decoder step multiplies by, per row: every 2-d
     weight except the embedding tables (a lookup) and the encoder's (run once per source)."""
-    total = 0
-    for name, p in model.named_parameters():
-        if p.dim() == 2 and "embed" not in name and not name.startswith("encoder.") and "key_proj" not in name:
-            total += p.numel()
-    return total
+    from seq2seq.engine import decoder_step_matrix
+
+    return sum(p.numel() for name, p in model.named_parameters() if decoder_step_matrix(name, p))
 
 
 def model_flops(cfg: ModelConfig, model: torch.nn.Module, sources: list[list[int]], outputs: list[list[int]],

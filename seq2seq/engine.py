@@ -22,6 +22,13 @@ from seq2seq.export import ExportError, load_export
 from seq2seq.translate import TextTranslator
 
 COMPUTE_TYPES = ("float32", "int8")
+
+
+def decoder_step_matrix(name: str, tensor) -> bool:
+    """Whether a state_dict tensor is a matrix the decoder multiplies by at every step: the
+    ones compute_type "int8" quantizes (csrc/engine.cpp). Embedding tables are lookups; the
+    encoder and the source-side key projection run once per sentence."""
+    return tensor.dim() == 2 and "embed" not in name and not name.startswith("encoder.") and "key_proj" not in name
 SUPPORTED_FAMILIES = ("rnn", "attention")
 
 

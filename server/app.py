@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .batcher import Batcher
 from .metrics import Metrics
-from .service import SERVICE_NAME, Limits, TranslationService, load_model, pb
+from .service import SERVICE_NAME, Limits, TranslationService, load_model, pb_grpc
 
 log = logging.getLogger("seq2seq.server")
 
@@ -98,9 +98,6 @@ class Server:
             raise OSError(f"cannot listen on {address} (in use?)")
         self.models = {}
         self.service = TranslationService(self.models, cfg.limits, self.metrics, cfg.data_dir)
-        from .protos import load
-
-        pb_grpc = load()[1]
         pb_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
         # Health answers NOT_SERVING while the models load.
@@ -144,6 +141,3 @@ def serve(cfg: ServerConfig, ready=print) -> int:
     stop.wait()
     server.stop()
     return 0
-
-
-__all__ = ["Server", "ServerConfig", "serve", "pb"]

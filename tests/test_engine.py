@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from seq2seq.config import DecodingOptions
 from seq2seq.data import BOS, EOS, PAD
-from seq2seq.engine import Engine
+from seq2seq.engine import Engine, decoder_step_matrix
 from seq2seq.export import ExportError
 from seq2seq.translate import Translator
 from tests.exports import random_export
@@ -297,7 +297,7 @@ def quantized_weights_reference(folder):
     reference = Translator(folder)
     with torch.no_grad():
         for name, p in reference.model.named_parameters():
-            if p.dim() == 2 and not name.startswith("encoder.") and "embed" not in name and "key_proj" not in name:
+            if decoder_step_matrix(name, p):
                 scale = p.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
                 p.copy_(torch.round(p / scale).clamp(-127, 127) * scale)
     return reference

@@ -115,8 +115,10 @@ def test_concurrent_clients_get_what_each_would_get_alone(server, client, export
     before = server.metrics.batch_sentences.labels("bahdanau")._sum.get()
     batches_before = sum(b.get() for b in server.metrics.batch_sentences.labels("bahdanau")._buckets)
     got, errors = {}, []
+    together = threading.Barrier(64)  # all calls at once: a lone caller is dispatched without waiting
 
     def call(i):
+        together.wait()
         try:
             got[i] = texts(client.translate([SENTENCES[i]], model="bahdanau"))[0]
         except grpc.RpcError as e:
