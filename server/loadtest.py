@@ -23,10 +23,11 @@ import grpc
 from .client import Client
 
 
-def start_server(export: str, *extra: str) -> tuple[subprocess.Popen, int, int | None]:
-    """A `seq2seq serve` process on a free port: (process, port, metrics port if asked for)."""
+def start_server(export: str, *extra: str, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, int, int | None]:
+    """A `seq2seq serve` process on a free port: (process, port, metrics port if asked for).
+    Its log (stderr) goes to ``stderr``."""
     proc = subprocess.Popen([sys.executable, "-m", "seq2seq", "serve", "--model", f"m={export}", "--port", "0", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()
     found = re.search(r"on 127\.0\.0\.1:(\d+)(?:, metrics on 127\.0\.0\.1:(\d+))?", line)
