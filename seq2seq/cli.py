@@ -444,16 +444,21 @@ def cmd_bench_server(args) -> int:
     batches = [int(b) for b in args.max_batch.split(",")]
     if min(clients) < 1 or min(batches) < 1 or args.seconds <= 0 or args.max_requests < 1:
         raise ValueError("--clients, --max-batch and --max-requests must be positive, --seconds > 0")
+    if args.overhead_sentences < 0:
+        raise ValueError("--overhead-sentences must be >= 0")
     rows = loadtest.bench_server(args.model, sentences, clients, batches, args.seconds, args.max_requests,
-                                 args.beam_size, args.threads, args.compute_type)
-    direct = loadtest.direct_latency_ms(args.model, sentences, args.beam_size, args.compute_type)
-    table = loadtest.markdown(rows)
-    print("\n" + table)
-    print(f"direct engine call ({args.compute_type}), one sentence, beam {args.beam_size}: p50 {direct:.1f} ms")
-    for r in rows:
-        if r["clients"] == 1:
-            print(f"max batch {r['max_batch']}, one client: p50 {r['p50_ms']:.1f} ms, "
-                  f"{r['p50_ms'] - direct:+.1f} ms over the direct call")
+                                 args.beam_size, args.threads, args.compute_type, args.workers)
+    overhead = None
+    if args.overhead_sentences:
+        overhead = loadtest.one_client_overhead(args.model, sentences, args.beam_size, args.overhead_sentences,
+                                                args.threads, args.compute_type, "--workers", str(args.workers))
+    print("\n" + loadtest.markdown(rows))
+    if overhead:
+        print(f"one client, {overhead['sentences']} sentences alternating a direct engine call ({args.compute_type}, "
+              f"{args.threads} thread(s)) with a Translate call, beam {args.beam_size}: p50 direct "
+              f"{overhead['direct_p50_ms']:.2f} ms, through the server {overhead['served_p50_ms']:.2f} ms: "
+              f"{overhead['overhead_ms']:+.2f} ms (median of the per-sentence differences "
+              f"{overhead['overhead_p50_ms']:+.2f} ms)")
     by = {(r["max_batch"], r["clients"]): r for r in rows}
     for n in clients:
         if len(batches) > 1 and (1, n) in by and by[(1, n)]["requests_per_s"]:
@@ -461,7 +466,7 @@ def cmd_bench_server(args) -> int:
             print(f"{n} clients: max batch {best} gives {by[(best, n)]['requests_per_s'] / by[(1, n)]['requests_per_s']:.1f}x "
                   "the throughput of max batch 1")
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows, "direct_p50_ms": direct}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows, "one_client": overhead}, indent=1) + "\n")
     return 0
 
 
@@ -609,9 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, help="NAME=EXPORT_DIR (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="0: any free port (printed)")
-    p.add_argument("--threads", type=int, default=0, help="engine intra-op threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=1, help="engine intra-op threads per batch (0: every core)")
     p.add_argument("--compute-type", default="float32", help="float32 or int8")
-    p.add_argument("--workers", type=int, default=2, help="engine batches run at once")
+    p.add_argument("--workers", type=int, default=0, help="engine batches run at once (0: cores // threads)")
     p.add_argument("--max-batch", type=int, default=64, help="sentences per engine batch")
     p.add_argument("--max-delay-ms", type=float, default=3.0, help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=int, default=4096, help="queued sentences before RESOURCE_EXHAUSTED")
@@ -637,8 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=60.0, help="per case, at most")
     p.add_argument("--max-requests", type=int, default=20000, help="per case, at most")
     p.add_argument("--beam-size", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="the server engine's intra-op threads")
+    p.add_argument("--threads", type=int, default=1, help="the server engine's intra-op threads per batch")
+    p.add_argument("--workers", type=int, default=0, help="the server's engine batches at once (0: cores // threads)")
     p.add_argument("--compute-type", default="float32", help="the server engine's: float32 or int8")
+    p.add_argument("--overhead-sentences", type=int, default=300,
+                   help="one client alternating direct and served calls over this many sentences (0: skip)")
     p.add_argument("--out", help="write the rows here as JSON")
     p.set_defaults(func=cmd_bench_server)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +28,11 @@ class ServerConfig:
     models: dict[str, str]  # name -> export directory
     host: str = "127.0.0.1"
     port: int = 50051  # 0: any free port
-    threads: int = 0  # the engine's intra-op threads (0: torch's default)
+    # One engine thread per batch and one batch per core: measured on 2 cores, two engine
+    # threads per batch made a lone caller's latency 9 ms worse (docs/bench.md#the-server).
+    threads: int = 1  # the engine's intra-op threads per batch (0: torch's default, every core)
     compute_type: str = "float32"
-    workers: int = 2  # engine batches run at once
+    workers: int = 0  # engine batches run at once (0: cores // threads, at least 1)
     max_batch: int = 64  # sentences per engine batch
     max_batch_tokens: int = 16384  # source tokens x beam per engine batch
     max_delay_ms: float = 3.0  # how long the first request of a batch waits for company
@@ -43,6 +46,16 @@ class ServerConfig:
     metrics_port: int | None = None  # Prometheus on 127.0.0.1:PORT; None: off
     data_dir: str = ""  # where Evaluate reads corpora (default: as the models were trained)
     grace_s: float = 10.0  # SIGTERM: how long in-flight calls may finish
+
+
+def engine_workers(cfg: ServerConfig) -> int:
+    """How many batches run at once: as set, or as many as fit the cores with cfg.threads
+    each. More would oversubscribe the cores, and OpenMP threads that wait for each other
+    then wait much longer."""
+    if cfg.workers:
+        return cfg.workers
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores // (cfg.threads or cores))
 
 
 class BearerToken(grpc.ServerInterceptor):
@@ -107,9 +120,11 @@ class Server:
         for name, path in cfg.models.items():
             model = load_model(name, path, cfg.threads, cfg.compute_type)
             model.batcher = Batcher(model.translator.decode_ids, cfg.max_batch, cfg.max_batch_tokens,
-                                    cfg.max_delay_ms / 1000, cfg.max_queue, cfg.workers, self.metrics.on_batch(name))
+                                    cfg.max_delay_ms / 1000, cfg.max_queue, engine_workers(cfg),
+                                    self.metrics.on_batch(name))
             self.models[name] = model
-            log.info(json.dumps({"event": "model_loaded", "model": name, "path": path, "backend": model.backend}))
+            log.info(json.dumps({"event": "model_loaded", "model": name, "path": path, "backend": model.backend,
+                                 "workers": engine_workers(cfg), "threads": cfg.threads}))
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._stopped = threading.Event()

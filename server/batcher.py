@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 
 from seq2seq.config import DecodingOptions
 
@@ -36,10 +36,6 @@ class Job:
     deadline: float | None  # time.monotonic() seconds; None: no deadline
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
-
-    @property
-    def key(self) -> tuple:
-        return astuple(self.opts)
 
     def cost(self) -> int:
         return sum(len(s) + 1 for s in self.ids) * self.opts.beam_size
@@ -99,7 +95,7 @@ class Batcher:
             first = self._queue[0]
             until = first.arrived + self.max_delay
             while not self._closed:
-                ready = sum(len(j.ids) for j in self._queue if j.key == first.key)
+                ready = sum(len(j.ids) for j in self._queue if j.opts == first.opts)
                 left = until - time.monotonic()
                 # With no batch running there is no sign of concurrent callers: waiting for
                 # company would only add the delay to a lone caller's latency.
@@ -108,7 +104,7 @@ class Batcher:
                 self._cond.wait(left)
             batch, sentences, cost = [], 0, 0
             for job in list(self._queue):
-                if job.key != first.key:
+                if job.opts != first.opts:
                     continue
                 if batch and (sentences + len(job.ids) > self.max_batch or cost + job.cost() > self.max_tokens):
                     break

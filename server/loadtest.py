@@ -3,8 +3,9 @@
 Each case starts `seq2seq serve` on 127.0.0.1 (a free port) with the case's batch limit,
 then runs N client threads, each sending one sentence per request, until T seconds or R
 requests have passed, whichever comes first. Reported: requests/s, p50/p90/p99 latency,
-errors, and the server's resident memory after start-up and at the end. A direct engine
-call on the same sentences, one at a time, gives the latency floor for one client.
+errors, and the server's resident memory after start-up and at the end. Then one client
+alternates direct engine calls (same threads and compute type) with calls through a
+server: the latency a server adds for a lone caller.
 """
 
 from __future__ import annotations
@@ -90,28 +91,49 @@ def run_load(target: str, sentences: list[str], clients: int, seconds: float, ma
             "p99_ms": 1000 * percentile(latencies, 0.99), "errors": errors}
 
 
-def direct_latency_ms(export: str, sentences: list[str], beam_size: int, compute_type: str = "float32",
-                      n: int = 200) -> float:
+def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: int = 300, threads: int = 1,
+                        compute_type: str = "float32", *server_args: str) -> dict:
+    """What a Translate call costs over a direct engine call with the server's settings.
+
+    The two alternate sentence by sentence (the benchmark's own engine, then the same
+    sentence through a `seq2seq serve` process), so drifts in this shared machine's speed
+    touch both alike; one sentence per call."""
     from seq2seq.config import DecodingOptions
     from seq2seq.engine import Engine
 
-    engine, opts = Engine(export, compute_type=compute_type), DecodingOptions(beam_size=beam_size)
-    times = []
-    for s in sentences[:n]:
-        t = time.perf_counter()
-        engine.translate([s], opts)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    engine, opts = Engine(export, threads=threads, compute_type=compute_type), DecodingOptions(beam_size=beam_size)
+    proc, port, _ = start_server(export, "--threads", str(threads), "--compute-type", compute_type, *server_args)
+    direct, served = [], []
+    try:
+        client = Client(f"127.0.0.1:{port}", timeout=60)
+        sample = [sentences[i % len(sentences)] for i in range(n)]
+        for s in sample[:5]:  # warm-up
+            engine.translate([s], opts), client.translate([s], beam_size=beam_size)
+        for s in sample:
+            t0 = time.perf_counter()
+            engine.translate([s], opts)
+            t1 = time.perf_counter()
+            client.translate([s], beam_size=beam_size)
+            direct.append(t1 - t0)
+            served.append(time.perf_counter() - t1)
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
+    return {"sentences": n, "direct_p50_ms": ms(direct), "served_p50_ms": ms(served),
+            "overhead_ms": ms(served) - ms(direct), "overhead_p50_ms": ms([b - a for a, b in zip(direct, served)])}
 
 
 def bench_server(export: str, sentences: list[str], clients: list[int], batches: list[int], seconds: float,
-                 max_requests: int, beam_size: int = 5, threads: int = 0, compute_type: str = "float32",
-                 log=print) -> list[dict]:
+                 max_requests: int, beam_size: int = 5, threads: int = 1, compute_type: str = "float32",
+                 workers: int = 0, log=print) -> list[dict]:
     rows = []
     for batch in batches:
         for n in clients:
             proc, port, _ = start_server(export, "--max-batch", str(batch), "--max-queue", "100000",
-                                      "--threads", str(threads), "--compute-type", compute_type)
+                                         "--threads", str(threads), "--workers", str(workers),
+                                         "--compute-type", compute_type)
             try:
                 Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
                 start_mib = rss_mib(proc.pid)

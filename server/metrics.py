@@ -24,16 +24,22 @@ class Metrics:
                                          registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.queue_depth = Gauge("seq2seq_queue_sentences", "sentences waiting for the engine", ["model"],
                                  registry=self.registry)
+        self._children: dict = {}
         self.server = None
         if port is not None:
             self.server, _ = start_http_server(port, addr=host, registry=self.registry)
             self.port = self.server.server_port
 
     def on_batch(self, model: str):
+        sentences_child, depth = self.batch_sentences.labels(model), self.queue_depth.labels(model)
+
         def record(sentences: int, queued: int):
-            self.batch_sentences.labels(model).observe(sentences)
-            self.queue_depth.labels(model).set(queued)
+            sentences_child.observe(sentences)
+            depth.set(queued)
         return record
+
+    def set_queue_depth(self, model: str, queued: int) -> None:
+        self._child(self.queue_depth, model).set(queued)
 
     @contextmanager
     def observe(self, method: str, context, request_id: str, sentences: int):
@@ -48,10 +54,18 @@ class Metrics:
             raise
         finally:
             seconds = time.perf_counter() - started
-            self.requests.labels(method, status).inc()
-            self.latency.labels(method).observe(seconds)
+            self._child(self.requests, method, status).inc()
+            self._child(self.latency, method).observe(seconds)
             log.info(json.dumps({"method": method, "status": status, "ms": round(1000 * seconds, 2),
                                  "request_id": request_id, "sentences": sentences, "peer": context.peer()}))
+
+    def _child(self, metric, *labels):
+        # labels() takes a lock and validates on every call; the server asks for the same few.
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def close(self):
         if self.server is not None:

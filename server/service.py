@@ -162,7 +162,7 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             jobs = model.batcher.submit(ids, opts, deadline)
         except QueueFull as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        self.metrics.queue_depth.labels(model.name).set(model.batcher.queued)
+        self.metrics.set_queue_depth(model.name, model.batcher.queued)
         # A cancelled call frees its place in the queue.
         context.add_callback(lambda: [job.future.cancel() for job in jobs])
         hyps = []

@@ -235,6 +235,25 @@ def test_batcher_bounds_its_queue_and_skips_cancelled_jobs():
     assert [6] not in seen and [8] in seen
 
 
+def test_batches_hold_only_requests_with_the_same_options():
+    release, calls = threading.Event(), []
+
+    def record(ids, opts):
+        release.wait(10)
+        calls.append((opts.beam_size, sorted(s[0] for s in ids)))
+        return [[None] for _ in ids]
+
+    batcher = Batcher(record, max_batch=8, max_delay=0, workers=1)
+    batcher.submit([[1]], DecodingOptions(beam_size=2))  # occupies the worker while the rest queue
+    time.sleep(0.05)
+    jobs = [job for i in range(2, 8) for job in batcher.submit([[i]], DecodingOptions(beam_size=1 + i % 2))]
+    release.set()
+    for job in jobs:
+        job.future.result(5)
+    batcher.close()
+    assert calls == [(2, [1]), (1, [2, 4, 6]), (2, [3, 5, 7])]
+
+
 def test_bearer_token(exports):
     srv = Server(ServerConfig(models={"m": str(exports["luong"])}, port=0, token="s3cret"))
     try:
@@ -381,3 +400,23 @@ def test_an_evaluate_job_spread_over_two_servers_scores_the_whole_corpus(server,
         spread.close()
     finally:
         second.stop(grace=1)
+
+
+def test_bench_server_prints_its_table_and_the_one_client_overhead(exports, tmp_path, capsys):
+    from seq2seq.cli import main
+
+    source = tmp_path / "sentences.txt"
+    source.write_text("\n".join(SENTENCES[:20]) + "\n")
+    out = tmp_path / "bench.json"
+    assert main(["bench-server", "--model", str(exports["bahdanau"]), "--input", str(source), "--clients", "1,4",
+                 "--max-batch", "8,1", "--seconds", "2", "--max-requests", "40", "--overhead-sentences", "10",
+                 "--beam-size", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("\n| 8 |") == 2 and printed.count("\n| 1 |") == 2
+    assert "4 clients: max batch 8 gives" in printed and "one client, 10 sentences alternating" in printed
+    result = json.loads(out.read_text())
+    assert [(r["max_batch"], r["clients"]) for r in result["rows"]] == [(8, 1), (8, 4), (1, 1), (1, 4)]
+    for r in result["rows"]:
+        assert r["errors"] == {} and 0 < r["requests"] <= 40 and r["server_mib_end"] > 0
+    one = result["one_client"]
+    assert one["sentences"] == 10 and one["served_p50_ms"] > 0 and one["direct_p50_ms"] > 0
