@@ -467,6 +467,7 @@ def cmd_bench_server(args) -> int:
                   "the throughput of max batch 1")
     if args.out:
         Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows, "one_client": overhead}, indent=1) + "\n")
+        print(f"memory through each case: {loadtest.plot_memory(rows, str(Path(args.out).with_suffix('.png')))}")
     return 0
 
 

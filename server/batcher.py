@@ -1,13 +1,13 @@
 """Dynamic batching: sentences of concurrent requests merged into engine batches.
 
-A request's sentences become one or more jobs (at most ``max_batch`` sentences each). A
-dispatcher thread takes the oldest job and, while another batch is running (a sign of
-concurrent callers), waits up to ``max_delay`` seconds from its arrival for more jobs with
-the same decoding options; then it hands the batch (up to ``max_batch``
-sentences and ``max_tokens`` source tokens x beam) to a pool of workers that call the
-engine, which releases the GIL. Batches are formed only when a worker is free, so under
-load the queue grows and batches fill up. Jobs whose deadline has passed, or whose
-caller has cancelled, are dropped before they cost compute.
+A request's sentences become one or more jobs (at most ``max_batch`` sentences each). Each
+of ``workers`` threads, when free, takes the oldest job and, while another batch is running
+(a sign of concurrent callers), waits up to ``max_delay`` seconds from its arrival for more
+jobs with the same decoding options; then it runs the batch (up to ``max_batch`` sentences
+and ``max_tokens`` source tokens x beam) on the engine, which releases the GIL. Batches are
+formed only when a worker is free, so under load the queue grows and batches fill up. Jobs
+whose deadline has passed, or whose caller has cancelled, are dropped before they cost
+compute.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from seq2seq.config import DecodingOptions
@@ -53,11 +53,11 @@ class Batcher:
         self._queued = 0  # sentences waiting
         self._cond = threading.Condition()
         self._closed = False
-        self._running = 0  # batches in the workers
-        self._free = threading.Semaphore(workers)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="engine")
-        self._thread = threading.Thread(target=self._dispatch, name="batcher", daemon=True)
-        self._thread.start()
+        self._forming = False  # a worker is gathering a batch; the others wait their turn
+        self._running = 0  # batches taken by workers and not yet answered
+        self._workers = [threading.Thread(target=self._work, name=f"engine-{i}", daemon=True) for i in range(workers)]
+        for t in self._workers:
+            t.start()
 
     @property
     def queued(self) -> int:
@@ -74,70 +74,74 @@ class Batcher:
                                 f"limit of {self.max_queue}")
             self._queue.extend(jobs)
             self._queued += len(ids)
-            self._cond.notify()
+            self._cond.notify_all()
         return jobs
 
     def close(self) -> None:
         """Finish what is queued, then stop."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join()
-        self._pool.shutdown(wait=True)
+            self._cond.notify_all()
+        for t in self._workers:
+            t.join()
 
     def _take(self) -> list[Job] | None:
-        """The next batch: the oldest job and those compatible with it, or None when closed."""
+        """The next batch: the oldest job and those compatible with it, or None when closed
+        and drained. One worker gathers at a time."""
         with self._cond:
-            while not self._queue:
-                if self._closed:
+            while self._forming or not self._queue:
+                if self._closed and not self._queue:
                     return None
                 self._cond.wait()
-            first = self._queue[0]
-            until = first.arrived + self.max_delay
-            while not self._closed:
-                ready = sum(len(j.ids) for j in self._queue if j.opts == first.opts)
-                left = until - time.monotonic()
-                # With no batch running there is no sign of concurrent callers: waiting for
-                # company would only add the delay to a lone caller's latency.
-                if ready >= self.max_batch or left <= 0 or self._running == 0:
-                    break
-                self._cond.wait(left)
-            batch, sentences, cost = [], 0, 0
-            for job in list(self._queue):
-                if job.opts != first.opts:
-                    continue
-                if batch and (sentences + len(job.ids) > self.max_batch or cost + job.cost() > self.max_tokens):
-                    break
-                self._queue.remove(job)
-                self._queued -= len(job.ids)
-                batch.append(job)
-                sentences += len(job.ids)
-                cost += job.cost()
-            return batch
-
-    def _dispatch(self) -> None:
-        while True:
-            self._free.acquire()
-            batch = self._take()
-            if batch is None:
-                self._free.release()
-                return
-            now = time.monotonic()
-            live = []
-            for job in batch:
-                if not job.future.set_running_or_notify_cancel():
-                    continue  # the caller cancelled
-                if job.deadline is not None and now > job.deadline:
-                    job.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
-                    continue
-                live.append(job)
-            if not live:
-                self._free.release()
-                continue
-            self.on_batch(sum(len(j.ids) for j in live), self._queued)
-            with self._cond:
+            self._forming = True
+            try:
+                first = self._queue[0]
+                until = first.arrived + self.max_delay
+                while not self._closed:
+                    ready = sum(len(j.ids) for j in self._queue if j.opts == first.opts)
+                    left = until - time.monotonic()
+                    # With no batch running there is no sign of concurrent callers: waiting for
+                    # company would only add the delay to a lone caller's latency.
+                    if ready >= self.max_batch or left <= 0 or self._running == 0:
+                        break
+                    self._cond.wait(left)
+                batch, sentences, cost = [], 0, 0
+                for job in list(self._queue):
+                    if job.opts != first.opts:
+                        continue
+                    if batch and (sentences + len(job.ids) > self.max_batch or cost + job.cost() > self.max_tokens):
+                        break
+                    self._queue.remove(job)
+                    self._queued -= len(job.ids)
+                    batch.append(job)
+                    sentences += len(job.ids)
+                    cost += job.cost()
                 self._running += 1
-            self._pool.submit(self._run, live)
+                return batch
+            finally:
+                self._forming = False
+                self._cond.notify_all()
+
+    def _work(self) -> None:
+        """A worker: take a batch, drop what was cancelled or is past its deadline, run the rest."""
+        while (batch := self._take()) is not None:
+            try:
+                now = time.monotonic()
+                live = []
+                for job in batch:
+                    if not job.future.set_running_or_notify_cancel():
+                        continue  # the caller cancelled
+                    if job.deadline is not None and now > job.deadline:
+                        job.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
+                        continue
+                    live.append(job)
+                if live:
+                    self.on_batch(sum(len(j.ids) for j in live), self._queued)
+                    self._run(live)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
 
     def _run(self, batch: list[Job]) -> None:
         try:
@@ -150,8 +154,3 @@ class Batcher:
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(e)
-        finally:
-            with self._cond:
-                self._running -= 1
-                self._cond.notify()
-            self._free.release()

@@ -46,6 +46,34 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+class MemorySampler:
+    """The resident memory of a process, once at the start, every ``every`` seconds, and at
+    the end: ``samples`` holds (seconds since the start, MiB)."""
+
+    def __init__(self, pid: int, every: float = 1.0):
+        self.pid, self.every, self.samples = pid, every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        self.samples.append((round(time.monotonic() - self._started, 2), round(rss_mib(self.pid), 1)))
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self):
+        self._started = time.monotonic()
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -136,9 +164,11 @@ def bench_server(export: str, sentences: list[str], clients: list[int], batches:
                                          "--compute-type", compute_type)
             try:
                 Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
-                start_mib = rss_mib(proc.pid)
-                r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
-                r.update(max_batch=batch, clients=n, server_mib_start=start_mib, server_mib_end=rss_mib(proc.pid))
+                with MemorySampler(proc.pid) as memory:
+                    r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
+                r.update(max_batch=batch, clients=n, server_mib_start=memory.samples[0][1],
+                         server_mib_peak=max(m for _, m in memory.samples), server_mib_end=memory.samples[-1][1],
+                         server_mib=memory.samples)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
@@ -149,11 +179,22 @@ def bench_server(export: str, sentences: list[str], clients: list[int], batches:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| max batch | clients | requests | requests/s | p50 ms | p90 ms | p99 ms | errors | server MiB, start -> end |",
+    lines = ["| max batch | clients | requests | requests/s | p50 ms | p90 ms | p99 ms | errors | "
+             "server MiB: start, peak, end |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
         lines.append(f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
                      f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {errors} | "
-                     f"{r['server_mib_start']:.0f} -> {r['server_mib_end']:.0f} |")
+                     f"{r['server_mib_start']:.0f}, {r['server_mib_peak']:.0f}, {r['server_mib_end']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def plot_memory(rows: list[dict], path: str) -> str:
+    """The server's resident memory through each case, one line per case."""
+    from seq2seq.plots import plot_lines
+
+    series = {f"max batch {r['max_batch']}, {r['clients']} clients": ([t for t, _ in r["server_mib"]],
+                                                                      [m for _, m in r["server_mib"]]) for r in rows}
+    return str(plot_lines(series, "seconds into the case", "server resident memory, MiB", path,
+                          "seq2seq serve under load"))
