@@ -125,32 +125,34 @@ class Batcher:
     def _work(self) -> None:
         """A worker: take a batch, drop what was cancelled or is past its deadline, run the rest."""
         while (batch := self._take()) is not None:
-            try:
-                now = time.monotonic()
-                live = []
-                for job in batch:
-                    if not job.future.set_running_or_notify_cancel():
-                        continue  # the caller cancelled
-                    if job.deadline is not None and now > job.deadline:
-                        job.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
-                        continue
-                    live.append(job)
-                if live:
+            live, outcome = self._live(batch), None
+            if live:
+                try:
                     self.on_batch(sum(len(j.ids) for j in live), self._queued)
-                    self._run(live)
-            finally:
-                with self._cond:
-                    self._running -= 1
-                    self._cond.notify_all()
-
-    def _run(self, batch: list[Job]) -> None:
-        try:
-            results = self.translate_ids([s for job in batch for s in job.ids], batch[0].opts)
+                    outcome = self.translate_ids([s for job in live for s in job.ids], live[0].opts)
+                except Exception as e:  # every caller of the batch learns what went wrong
+                    outcome = e
+            # No longer running before any caller hears back: a lone caller's next request must
+            # not find this batch still counted and wait for company.
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
             start = 0
-            for job in batch:
-                job.future.set_result(results[start:start + len(job.ids)])
-                start += len(job.ids)
-        except Exception as e:  # every caller of the batch learns what went wrong
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(e)
+            for job in live:
+                if isinstance(outcome, Exception):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome[start:start + len(job.ids)])
+                    start += len(job.ids)
+
+    @staticmethod
+    def _live(batch: list[Job]) -> list[Job]:
+        now, live = time.monotonic(), []
+        for job in batch:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the caller cancelled
+            if job.deadline is not None and now > job.deadline:
+                job.future.set_exception(DeadlineExpired("the deadline passed while the request was queued"))
+                continue
+            live.append(job)
+        return live

@@ -254,6 +254,26 @@ def test_batches_hold_only_requests_with_the_same_options():
     assert calls == [(2, [1]), (1, [2, 4, 6]), (2, [3, 5, 7])]
 
 
+def test_a_batch_stops_counting_as_running_before_its_callers_hear_back():
+    # Else a lone caller's next request could find it still running and wait for company.
+    go, running_when_answered = threading.Event(), []
+
+    def translate(ids, opts):
+        go.wait(5)
+        return [[None] for _ in ids]
+
+    batcher = Batcher(translate, max_delay=5, workers=2)
+    for _ in range(3):
+        go.clear()
+        job = batcher.submit([[5]], DecodingOptions())[0]
+        # Done callbacks run in the worker, at the moment the caller is answered.
+        job.future.add_done_callback(lambda f: running_when_answered.append(batcher._running))
+        go.set()
+        job.future.result(5)
+    batcher.close()
+    assert running_when_answered == [0, 0, 0]
+
+
 def test_bearer_token(exports):
     srv = Server(ServerConfig(models={"m": str(exports["luong"])}, port=0, token="s3cret"))
     try:
