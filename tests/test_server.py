@@ -274,6 +274,30 @@ def test_a_batch_stops_counting_as_running_before_its_callers_hear_back():
     assert running_when_answered == [0, 0, 0]
 
 
+def test_a_worker_takes_no_more_than_its_fair_share_while_another_runs():
+    # Else it takes every queued request and leaves the other worker one at a time.
+    release, sizes = threading.Event(), []
+
+    def translate(ids, opts):
+        sizes.append(len(ids))
+        if ids == [[0]]:
+            release.wait(10)
+        return [[None] for _ in ids]
+
+    batcher = Batcher(translate, max_batch=64, max_delay=0, workers=2)
+    batcher.submit([[0]], DecodingOptions())  # one worker runs this until released
+    time.sleep(0.05)
+    with batcher._cond:  # the free worker sees all ten at once
+        jobs = [job for i in range(1, 11) for job in batcher.submit([[i]], DecodingOptions())]
+    for job in jobs[:6]:
+        job.future.result(5)
+    release.set()
+    for job in jobs:
+        job.future.result(5)
+    batcher.close()
+    assert sizes[:2] == [1, 6]  # (10 queued + 1 running) / 2 workers, rounded up
+
+
 def test_bearer_token(exports):
     srv = Server(ServerConfig(models={"m": str(exports["luong"])}, port=0, token="s3cret"))
     try:
