@@ -42,40 +42,49 @@ def parse_cases(text: str) -> list[Case]:
     return cases
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
+def rss_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * 4096
 
 
-class PeakMemory:
-    """Samples the resident set size every few milliseconds while the block runs."""
+class MemorySampler:
+    """The resident set size of a process (this one unless ``pid`` is given), at the start,
+    every ``every`` seconds while the block runs, and at the end: ``samples`` holds
+    (seconds since the start, MiB)."""
 
-    def __enter__(self):
-        self.start = self.peak = rss_bytes()
+    def __init__(self, pid: int | str = "self", every: float = 0.005):
+        self.pid, self.every, self.samples = pid, every, []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss_bytes())
+        self.samples.append((round(time.monotonic() - self._started, 3), rss_bytes(self.pid) / 2**20))
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self):
+        self._started = time.monotonic()
+        self._sample()
+        self._thread.start()
+        return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
+        self._sample()
 
     @property
     def above_start_mb(self) -> float:
-        return (self.peak - self.start) / 2**20
+        return max(m for _, m in self.samples) - self.samples[0][1]
 
 
 def run_case(translator, sources: list[list[int]], case: Case, opts: DecodingOptions) -> dict:
     opts = replace(opts, beam_size=case.beam_size, n_best=1)
     translator.decode_ids(sources[: case.batch], opts)  # warm-up: first-call allocations
     latencies, outputs = [], []
-    with PeakMemory() as memory:
+    with MemorySampler() as memory:
         started = time.perf_counter()
         for i in range(0, len(sources), case.batch):
             t = time.perf_counter()

@@ -21,6 +21,8 @@ import time
 
 import grpc
 
+from seq2seq.bench import MemorySampler
+
 from .client import Client
 
 
@@ -36,42 +38,6 @@ def start_server(export: str, *extra: str, stderr=subprocess.DEVNULL) -> tuple[s
         proc.kill()
         raise RuntimeError(f"the server did not start: {line!r}")
     return proc, int(found.group(1)), int(found.group(2)) if found.group(2) else None
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class MemorySampler:
-    """The resident memory of a process, once at the start, every ``every`` seconds, and at
-    the end: ``samples`` holds (seconds since the start, MiB)."""
-
-    def __init__(self, pid: int, every: float = 1.0):
-        self.pid, self.every, self.samples = pid, every, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self):
-        self.samples.append((round(time.monotonic() - self._started, 2), round(rss_mib(self.pid), 1)))
-
-    def _run(self):
-        while not self._stop.wait(self.every):
-            self._sample()
-
-    def __enter__(self):
-        self._started = time.monotonic()
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -164,11 +130,11 @@ def bench_server(export: str, sentences: list[str], clients: list[int], batches:
                                          "--compute-type", compute_type)
             try:
                 Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
-                with MemorySampler(proc.pid) as memory:
+                with MemorySampler(proc.pid, every=1.0) as memory:
                     r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
-                r.update(max_batch=batch, clients=n, server_mib_start=memory.samples[0][1],
-                         server_mib_peak=max(m for _, m in memory.samples), server_mib_end=memory.samples[-1][1],
-                         server_mib=memory.samples)
+                mib = [(t, round(m, 1)) for t, m in memory.samples]
+                r.update(max_batch=batch, clients=n, server_mib_start=mib[0][1],
+                         server_mib_peak=max(m for _, m in mib), server_mib_end=mib[-1][1], server_mib=mib)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)

@@ -214,6 +214,16 @@ def test_a_full_queue_is_resource_exhausted(exports):
         srv.stop(grace=1)
 
 
+def taken(batcher, batches: int = 1):
+    """Waits until the batcher's workers have taken this many batches (no timing assumed)."""
+    for _ in range(1000):
+        with batcher._cond:
+            if batcher._running >= batches:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"the batcher's workers did not take {batches} batch(es) within 10 s")
+
+
 def test_batcher_bounds_its_queue_and_skips_cancelled_jobs():
     release, seen = threading.Event(), []
 
@@ -224,7 +234,7 @@ def test_batcher_bounds_its_queue_and_skips_cancelled_jobs():
 
     batcher = Batcher(slow, max_batch=2, max_delay=0, max_queue=4, workers=1)
     first = batcher.submit([[5]], DecodingOptions())  # taken by the only worker, which then waits
-    time.sleep(0.05)
+    taken(batcher)
     queued = batcher.submit([[6], [7]], DecodingOptions()) + batcher.submit([[8], [9]], DecodingOptions())
     with pytest.raises(QueueFull):
         batcher.submit([[10]], DecodingOptions())
@@ -245,7 +255,7 @@ def test_batches_hold_only_requests_with_the_same_options():
 
     batcher = Batcher(record, max_batch=8, max_delay=0, workers=1)
     batcher.submit([[1]], DecodingOptions(beam_size=2))  # occupies the worker while the rest queue
-    time.sleep(0.05)
+    taken(batcher)
     jobs = [job for i in range(2, 8) for job in batcher.submit([[i]], DecodingOptions(beam_size=1 + i % 2))]
     release.set()
     for job in jobs:
@@ -286,7 +296,7 @@ def test_a_worker_takes_no_more_than_its_fair_share_while_another_runs():
 
     batcher = Batcher(translate, max_batch=64, max_delay=0, workers=2)
     batcher.submit([[0]], DecodingOptions())  # one worker runs this until released
-    time.sleep(0.05)
+    taken(batcher)
     with batcher._cond:  # the free worker sees all ten at once
         jobs = [job for i in range(1, 11) for job in batcher.submit([[i]], DecodingOptions())]
     for job in jobs[:6]:
