@@ -447,7 +447,7 @@ def cmd_bench_server(args) -> int:
     if args.overhead_sentences < 0:
         raise ValueError("--overhead-sentences must be >= 0")
     rows = loadtest.bench_server(args.model, sentences, clients, batches, args.seconds, args.max_requests,
-                                 args.beam_size, args.threads, args.compute_type, args.workers)
+                                 args.beam_size, args.threads, args.compute_type, args.workers, args.max_delay_ms)
     overhead = None
     if args.overhead_sentences:
         overhead = loadtest.one_client_overhead(args.model, sentences, args.beam_size, args.overhead_sentences,
@@ -645,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="the server engine's intra-op threads per batch")
     p.add_argument("--workers", type=int, default=0, help="the server's engine batches at once (0: cores // threads)")
+    p.add_argument("--max-delay-ms", type=float, default=3.0, help="the server's: how long a batch waits for more")
     p.add_argument("--compute-type", default="float32", help="the server engine's: float32 or int8")
     p.add_argument("--overhead-sentences", type=int, default=300,
                    help="one client alternating direct and served calls over this many sentences (0: skip)")

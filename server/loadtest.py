@@ -121,20 +121,24 @@ def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: in
 
 def bench_server(export: str, sentences: list[str], clients: list[int], batches: list[int], seconds: float,
                  max_requests: int, beam_size: int = 5, threads: int = 1, compute_type: str = "float32",
-                 workers: int = 0, log=print) -> list[dict]:
+                 workers: int = 0, max_delay_ms: float = 3.0, log=print) -> list[dict]:
     rows = []
     for batch in batches:
         for n in clients:
-            proc, port, _ = start_server(export, "--max-batch", str(batch), "--max-queue", "100000",
-                                         "--threads", str(threads), "--workers", str(workers),
-                                         "--compute-type", compute_type)
+            proc, port, metrics_port = start_server(
+                export, "--max-batch", str(batch), "--max-queue", "100000", "--threads", str(threads),
+                "--workers", str(workers), "--max-delay-ms", str(max_delay_ms), "--compute-type", compute_type,
+                "--metrics-port", "0")
             try:
                 Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
+                batches_before, sentences_before = engine_batches(metrics_port)
                 with MemorySampler(proc.pid, every=1.0) as memory:
                     r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
+                batches_after, sentences_after = engine_batches(metrics_port)
                 mib = [(t, round(m, 1)) for t, m in memory.samples]
                 r.update(max_batch=batch, clients=n, server_mib_start=mib[0][1],
-                         server_mib_peak=max(m for _, m in mib), server_mib_end=mib[-1][1], server_mib=mib)
+                         server_mib_peak=max(m for _, m in mib), server_mib_end=mib[-1][1], server_mib=mib,
+                         mean_batch=(sentences_after - sentences_before) / max(batches_after - batches_before, 1))
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
@@ -144,14 +148,26 @@ def bench_server(export: str, sentences: list[str], clients: list[int], batches:
     return rows
 
 
+def engine_batches(metrics_port: int) -> tuple[float, float]:
+    """(batches, sentences) the server's engine has run, from its Prometheus metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+
+    def total(name: str) -> float:
+        return sum(float(v) for v in re.findall(rf"^seq2seq_batch_sentences_{name}\{{.*\}} (\S+)$", text, re.M))
+
+    return total("count"), total("sum")
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| max batch | clients | requests | requests/s | p50 ms | p90 ms | p99 ms | errors | "
+    lines = ["| max batch | clients | requests | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch | "
              "server MiB: start, peak, end |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
         lines.append(f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
-                     f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {errors} | "
+                     f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {errors} | {r['mean_batch']:.1f} | "
                      f"{r['server_mib_start']:.0f}, {r['server_mib_peak']:.0f}, {r['server_mib_end']:.0f} |")
     return "\n".join(lines) + "\n"
 

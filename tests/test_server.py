@@ -472,6 +472,7 @@ def test_bench_server_prints_its_table_and_the_one_client_overhead(exports, tmp_
     assert [(r["max_batch"], r["clients"]) for r in result["rows"]] == [(8, 1), (8, 4), (1, 1), (1, 4)]
     for r in result["rows"]:
         assert r["errors"] == {} and 0 < r["requests"] <= 40
+        assert 1 <= r["mean_batch"] <= (r["max_batch"] if r["clients"] > 1 else 1)
         assert len(r["server_mib"]) >= 2 and r["server_mib_peak"] >= max(r["server_mib_start"], r["server_mib_end"]) > 0
     one = result["one_client"]
     assert one["sentences"] == 10 and one["served_p50_ms"] > 0 and one["direct_p50_ms"] > 0
