@@ -308,6 +308,35 @@ def test_a_worker_takes_no_more_than_its_fair_share_while_another_runs():
     assert sizes[:2] == [1, 6]  # (10 queued + 1 running) / 2 workers, rounded up
 
 
+def test_a_worker_waits_for_the_callers_it_has_just_answered():
+    # Else the clients of two workers split into three groups that take turns, one always waiting.
+    release = {0: threading.Event(), 10: threading.Event()}
+    sizes = []
+
+    def translate(ids, opts):
+        sizes.append(len(ids))
+        if ids[0][0] in release:
+            release[ids[0][0]].wait(10)
+        return [[None] for _ in ids]
+
+    batcher = Batcher(translate, max_batch=64, max_delay=5, workers=2)
+    first = batcher.submit([[0], [1], [2]], DecodingOptions())  # one worker runs these until released
+    taken(batcher)
+    batcher.submit([[10], [11], [12]], DecodingOptions())  # the other worker, its fair share at once
+    taken(batcher, 2)
+    with batcher._cond:
+        waiting = [job for i in range(20, 23) for job in batcher.submit([[i]], DecodingOptions())]
+    release[0].set()
+    first[0].future.result(5)
+    # Its three callers come back: the worker takes its share of the six, not just the three waiting.
+    returning = [job for i in range(30, 33) for job in batcher.submit([[i]], DecodingOptions())]
+    for job in waiting + returning[:2]:
+        job.future.result(5)
+    release[10].set()
+    batcher.close()
+    assert sizes[:3] == [3, 3, 5]  # (6 queued + 3 running) / 2 workers, rounded up
+
+
 def test_bearer_token(exports):
     srv = Server(ServerConfig(models={"m": str(exports["luong"])}, port=0, token="s3cret"))
     try:
