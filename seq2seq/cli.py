@@ -454,11 +454,16 @@ def cmd_bench_server(args) -> int:
                                                 args.threads, args.compute_type, "--workers", str(args.workers))
     print("\n" + loadtest.markdown(rows))
     if overhead:
-        print(f"one client, {overhead['sentences']} sentences alternating a direct engine call ({args.compute_type}, "
+        o = overhead
+        print(f"one client, {o['sentences']} sentences alternating a direct engine call ({args.compute_type}, "
               f"{args.threads} thread(s)) with a Translate call, beam {args.beam_size}: p50 direct "
-              f"{overhead['direct_p50_ms']:.2f} ms, through the server {overhead['served_p50_ms']:.2f} ms: "
-              f"{overhead['overhead_ms']:+.2f} ms (median of the per-sentence differences "
-              f"{overhead['overhead_p50_ms']:+.2f} ms)")
+              f"{o['direct_p50_ms']:.2f} ms, through the server {o['served_p50_ms']:.2f} ms: "
+              f"{o['overhead_ms']:+.2f} ms (median of the per-sentence differences "
+              f"{o['overhead_p50_ms']:+.2f} ms)")
+        print(f"  where it goes (means): direct {o['direct_mean_ms']:.2f} ms; the server's Translate handler "
+              f"{o['handler_mean_ms']:.2f} ms ({o['handler_mean_ms'] - o['direct_mean_ms']:+.2f}: validation, "
+              f"tokenization, batching, the engine, metrics); the round trip {o['served_mean_ms']:.2f} ms "
+              f"({o['served_mean_ms'] - o['handler_mean_ms']:+.2f}: gRPC both ways and the client)")
     by = {(r["max_batch"], r["clients"]): r for r in rows}
     for n in clients:
         if len(batches) > 1 and (1, n) in by and by[(1, n)]["requests_per_s"]:

@@ -96,13 +96,15 @@ def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: in
     from seq2seq.engine import Engine
 
     engine, opts = Engine(export, threads=threads, compute_type=compute_type), DecodingOptions(beam_size=beam_size)
-    proc, port, _ = start_server(export, "--threads", str(threads), "--compute-type", compute_type, *server_args)
+    proc, port, metrics_port = start_server(export, "--threads", str(threads), "--compute-type", compute_type,
+                                            "--metrics-port", "0", *server_args)
     direct, served = [], []
     try:
         client = Client(f"127.0.0.1:{port}", timeout=60)
         sample = [sentences[i % len(sentences)] for i in range(n)]
         for s in sample[:5]:  # warm-up
             engine.translate([s], opts), client.translate([s], beam_size=beam_size)
+        handled_before = metric_totals(metrics_port, "seq2seq_request_seconds", '"Translate"')
         for s in sample:
             t0 = time.perf_counter()
             engine.translate([s], opts)
@@ -110,13 +112,19 @@ def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: in
             client.translate([s], beam_size=beam_size)
             direct.append(t1 - t0)
             served.append(time.perf_counter() - t1)
+        handled = [b - a for a, b in zip(handled_before, metric_totals(metrics_port, "seq2seq_request_seconds",
+                                                                       '"Translate"'))]
         client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
+    mean = lambda xs: 1000 * statistics.fmean(xs)  # noqa: E731
     return {"sentences": n, "direct_p50_ms": ms(direct), "served_p50_ms": ms(served),
-            "overhead_ms": ms(served) - ms(direct), "overhead_p50_ms": ms([b - a for a, b in zip(direct, served)])}
+            "overhead_ms": ms(served) - ms(direct), "overhead_p50_ms": ms([b - a for a, b in zip(direct, served)]),
+            # Means, because the server's latency histogram gives its handler's mean only.
+            "direct_mean_ms": mean(direct), "handler_mean_ms": 1000 * handled[1] / max(handled[0], 1),
+            "served_mean_ms": mean(served)}
 
 
 def bench_server(export: str, sentences: list[str], clients: list[int], batches: list[int], seconds: float,
@@ -148,16 +156,22 @@ def bench_server(export: str, sentences: list[str], clients: list[int], batches:
     return rows
 
 
-def engine_batches(metrics_port: int) -> tuple[float, float]:
-    """(batches, sentences) the server's engine has run, from its Prometheus metrics."""
+def metric_totals(metrics_port: int, metric: str, labels: str = "") -> tuple[float, float]:
+    """(count, sum) of a histogram in the server's Prometheus metrics, over the label sets
+    that contain ``labels``."""
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
 
-    def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^seq2seq_batch_sentences_{name}\{{.*\}} (\S+)$", text, re.M))
+    def total(part: str) -> float:
+        return sum(float(v) for lab, v in re.findall(rf"^{metric}_{part}\{{(.*)\}} (\S+)$", text, re.M) if labels in lab)
 
     return total("count"), total("sum")
+
+
+def engine_batches(metrics_port: int) -> tuple[float, float]:
+    """(batches, sentences) the server's engine has run."""
+    return metric_totals(metrics_port, "seq2seq_batch_sentences")
 
 
 def markdown(rows: list[dict]) -> str:

@@ -505,4 +505,6 @@ def test_bench_server_prints_its_table_and_the_one_client_overhead(exports, tmp_
         assert len(r["server_mib"]) >= 2 and r["server_mib_peak"] >= max(r["server_mib_start"], r["server_mib_end"]) > 0
     one = result["one_client"]
     assert one["sentences"] == 10 and one["served_p50_ms"] > 0 and one["direct_p50_ms"] > 0
+    # The server's own handler time (from its metrics) lies inside the client's round trip.
+    assert 0 < one["handler_mean_ms"] < one["served_mean_ms"] and "where it goes (means)" in printed
     assert (tmp_path / "bench.png").stat().st_size > 0
