@@ -156,9 +156,10 @@ class Batcher:
         answered, mark, last_run = 0, 0, 0.0
         while (batch := self._take(answered, mark, last_run)) is not None:
             live, outcome = self._live(batch), None
+            live_sentences = sum(len(j.ids) for j in live)
             if live:
                 try:
-                    self.on_batch(sum(len(j.ids) for j in live), self._queued)
+                    self.on_batch(live_sentences, self._queued)
                     began = time.monotonic()
                     outcome = self.translate_ids([s for job in live for s in job.ids], live[0].opts)
                     last_run = time.monotonic() - began
@@ -169,7 +170,7 @@ class Batcher:
             with self._cond:
                 self._running -= 1
                 self._running_sentences -= sum(len(j.ids) for j in batch)
-                answered, mark = sum(len(j.ids) for j in live), self._submitted
+                answered, mark = live_sentences, self._submitted
                 self._cond.notify_all()
             start = 0
             for job in live:
