@@ -58,7 +58,8 @@ $(DEMO)/trained: $(DEMO_RECIPE) | $(STAMP)
 
 CMAKE_BUILD := build/cmake
 # Debian's packages the C++ library builds with (CMakeLists.txt); installed when missing.
-CPP_DEBS := cmake ninja-build pkg-config libgtest-dev libsentencepiece-dev nlohmann-json3-dev
+CPP_DEBS := cmake ninja-build pkg-config libgtest-dev libsentencepiece-dev nlohmann-json3-dev libicu-dev \
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
 
 cpp-deps:
 	@missing=$$(for p in $(CPP_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

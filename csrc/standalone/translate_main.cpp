@@ -3,14 +3,14 @@
 //
 //   seq2seq-translate EXPORT_DIR [--beam-size 5] [--threads 0] [--compute-type float32|int8]
 //                     [--batch 32] [--max-length 256] [--scores]
-#include <sentencepiece_processor.h>
-
 #include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "export_reader.h"
+#include "text.h"
+#include "tokenizer.h"
 
 namespace {
 
@@ -21,33 +21,11 @@ const char* kUsage =
     "                         [--batch N] [--max-length N] [--scores]\n"
     "Reads sentences from stdin, one per line, and writes one translation per line.\n";
 
-// As seq2seq.data.clean.normalize for text already in Unicode NFC: control characters become
-// spaces, runs of whitespace one space, none at either end.
-std::string normalize(const std::string& line) {
-  std::string out;
-  bool space = false;
-  for (unsigned char c : line) {
-    if (c < 0x20 || c == 0x7f || c == ' ') {
-      space = !out.empty();
-      continue;
-    }
-    if (space) out += ' ';
-    space = false;
-    out += static_cast<char>(c);
-  }
-  return out;
-}
-
 int64_t number(const std::string& flag, const char* text) {
   char* end = nullptr;
   const long long v = std::strtoll(text, &end, 10);
   if (*text == '\0' || *end != '\0') throw std::invalid_argument(flag + " takes an integer, not '" + text + "'");
   return v;
-}
-
-void load(sentencepiece::SentencePieceProcessor& sp, const std::string& path) {
-  const auto status = sp.Load(path);
-  if (!status.ok()) throw std::runtime_error(path + ": cannot load the SentencePiece model (" + status.ToString() + ")");
 }
 
 }  // namespace
@@ -86,33 +64,27 @@ int main(int argc, char** argv) {
 
     LoadedExport exp = load_export(dir);
     Engine engine(exp.spec, exp.weights, threads, compute_type);
-    sentencepiece::SentencePieceProcessor src_sp, tgt_sp;
-    load(src_sp, exp.src_tokenizer);
-    load(tgt_sp, exp.tgt_tokenizer);
+    const auto src_sp = load_sentencepiece(exp.src_tokenizer), tgt_sp = load_sentencepiece(exp.tgt_tokenizer);
 
     std::vector<std::string> lines;
     auto flush = [&](size_t first_line) {
       std::vector<std::vector<int64_t>> sources;
       std::vector<size_t> rows;  // which lines are not empty
       for (size_t i = 0; i < lines.size(); ++i) {
-        std::vector<int> ids;
-        src_sp.Encode(normalize(lines[i]), &ids);
+        std::vector<int64_t> ids = src_sp->encode(normalize(lines[i]));
         if (ids.empty()) continue;
         if (ids.size() > kMaxSourceTokens)
           throw std::invalid_argument("line " + std::to_string(first_line + i) + " has " + std::to_string(ids.size()) +
                                       " tokens; the engine reads at most " + std::to_string(kMaxSourceTokens) +
                                       ": split the sentence");
-        sources.emplace_back(ids.begin(), ids.end());
+        sources.push_back(std::move(ids));
         rows.push_back(i);
       }
       auto results = engine.translate(sources, opts);
       std::vector<std::string> out(lines.size());
       std::vector<double> score(lines.size(), 0.0);
       for (size_t r = 0; r < rows.size(); ++r) {
-        std::vector<int> ids;
-        for (auto t : results[r][0].tokens)
-          if (t > kEos || t == kUnk) ids.push_back(static_cast<int>(t));
-        tgt_sp.Decode(ids, &out[rows[r]]);
+        out[rows[r]] = tgt_sp->decode(results[r][0].tokens);
         // One translation per line: a line break decoded from byte pieces would split it.
         for (char& c : out[rows[r]])
           if (c == '\n' || c == '\r') c = ' ';

@@ -1,0 +1,94 @@
+// Dynamic batching for the C++ front end: sentences of concurrent requests merged into
+// engine batches, by the rules of server/batcher.py (read its docstrings for the measured
+// reasons): one worker gathers at a time; the oldest job and those with the same decoding
+// options go together; while another batch runs, a worker waits up to max_delay from the
+// oldest job's arrival, and for the callers it has just answered (up to a tenth of its last
+// batch's time), for a fair share of queued + running + returning sentences; a lone caller
+// never waits. Jobs past their deadline or cancelled are dropped before they cost compute.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../engine.h"
+
+namespace seq2seq {
+
+using Clock = std::chrono::steady_clock;
+
+struct Outcome {
+  enum Kind { kDone, kDeadline, kCancelled, kError } kind = kDone;
+  std::vector<std::vector<Hypothesis>> hypotheses;  // with kDone: one list per sentence
+  std::string error;                               // with kError
+};
+
+struct Job {
+  std::vector<std::vector<int64_t>> ids;
+  DecodeOptions opts;
+  std::optional<Clock::time_point> deadline;
+  std::shared_ptr<std::atomic<bool>> cancelled;  // set by the caller; may be shared by a request's jobs
+  std::function<void(Outcome)> done;             // called once, from a worker thread
+  Clock::time_point arrived = Clock::now();
+  int64_t cost() const;  // (source tokens + <eos>) x beam
+};
+
+struct BatcherStats {
+  uint64_t batches = 0, sentences = 0;
+};
+
+class Batcher {
+ public:
+  using Run = std::function<std::vector<std::vector<Hypothesis>>(const std::vector<std::vector<int64_t>>&,
+                                                                 const DecodeOptions&)>;
+  Batcher(Run run, int64_t max_batch, int64_t max_tokens, double max_delay_s, int64_t max_queue, int workers);
+  ~Batcher();
+
+  // Splits the sentences into jobs of at most max_batch and queues them; false (and nothing
+  // queued) when they would overflow the queue or the batcher is closed, with the reason.
+  bool submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions& opts,
+              std::optional<Clock::time_point> deadline, std::shared_ptr<std::atomic<bool>> cancelled,
+              const std::function<std::function<void(Outcome)>(size_t first, size_t count)>& done_for,
+              std::string* why);
+  // Finishes what is queued, then stops the workers.
+  void close();
+  int64_t max_batch() const { return max_batch_; }
+  int64_t queued();
+  BatcherStats stats();
+
+ private:
+  struct Taken {
+    std::vector<Job> jobs;
+    bool closed = false;
+  };
+  Taken take(int64_t answered, uint64_t mark, double last_run);
+  int64_t ready(const DecodeOptions& opts) const;
+  int64_t fair_share(int64_t ready) const;
+  void work();
+
+  Run run_;
+  const int64_t max_batch_, max_tokens_, max_queue_;
+  const std::chrono::duration<double> max_delay_;
+  std::mutex mu_;
+  std::condition_variable cond_;
+  std::deque<Job> queue_;
+  int64_t queued_ = 0;       // sentences waiting
+  uint64_t submitted_ = 0;   // sentences ever queued
+  bool closed_ = false, forming_ = false;
+  int64_t running_ = 0, running_sentences_ = 0;
+  BatcherStats stats_;
+  const int workers_;
+  std::vector<std::thread> threads_;
+};
+
+bool same_options(const DecodeOptions& a, const DecodeOptions& b);
+
+}  // namespace seq2seq

@@ -1,0 +1,599 @@
+// seq2seq-serve: the translation service's Translate, TranslateStream, ListModels and
+// GetModel in C++ (the same proto, limits, messages and batching rules as `seq2seq serve`),
+// so that a call's transport, validation, tokenization and batching run without Python.
+// Evaluate, which scores with sacreBLEU and compares with the Python reference decoder,
+// stays with `seq2seq serve`. docs/server.md says when to run which.
+//
+//   seq2seq-serve --model NAME=EXPORT_DIR [--port 50051] [--threads 1] [--workers 0] ...
+//   (seq2seq-serve --help lists every option)
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../standalone/export_reader.h"
+#include "../standalone/text.h"
+#include "../standalone/tokenizer.h"
+#include "batcher.h"
+#include "seq2seq/v1/translation.grpc.pb.h"
+
+namespace seq2seq {
+namespace {
+
+namespace pb = ::seq2seq::v1;
+using grpc::ServerContext;
+using grpc::Status;
+using grpc::StatusCode;
+
+const char* kService = "seq2seq.v1.TranslationService";
+
+struct Config {
+  std::map<std::string, std::string> models;  // name -> export directory
+  std::string host = "127.0.0.1";
+  int port = 50051;
+  int64_t threads = 1, workers = 0, max_batch = 64, max_batch_tokens = 16384, max_queue = 4096;
+  double max_delay_ms = 3.0, grace_s = 10.0;
+  std::string compute_type = "float32";
+  int64_t max_chars = 2000, max_tokens = 256, max_sentences = 256, max_beam = 32, max_length = 512;
+  int64_t max_message_bytes = 4 << 20, rpc_threads = 128;
+  int64_t max_source_tokens = 1024;  // as the Python Engine's
+  std::string token, tls_cert, tls_key;
+};
+
+const char* kUsage =
+    "usage: seq2seq-serve --model NAME=EXPORT_DIR [--model ...] [options]\n"
+    "  --host 127.0.0.1       address to listen on\n"
+    "  --port 50051           0: any free port (printed)\n"
+    "  --threads 1            engine intra-op threads per batch (0: every core)\n"
+    "  --compute-type float32 float32 or int8\n"
+    "  --workers 0            engine batches run at once (0: cores // threads)\n"
+    "  --max-batch 64         sentences per engine batch\n"
+    "  --max-batch-tokens 16384  source tokens x beam per engine batch\n"
+    "  --max-delay-ms 3       how long a batch waits for more requests\n"
+    "  --max-queue 4096       queued sentences before RESOURCE_EXHAUSTED\n"
+    "  --max-chars 2000 --max-tokens 256 --max-sentences 256 --max-beam 32   per-request limits\n"
+    "  --max-message-bytes 4194304\n"
+    "  --rpc-threads 128      calls handled at once\n"
+    "  --token TOKEN          require 'authorization: Bearer TOKEN' (or $SEQ2SEQ_TOKEN)\n"
+    "  --tls-cert FILE --tls-key FILE   serve TLS\n"
+    "  --grace 10             seconds in-flight calls get on SIGTERM\n";
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot be read");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void log_event(const nlohmann::json& event) { std::cerr << event.dump() << std::endl; }
+
+struct Model {
+  std::string name, dir, source_language, target_language;
+  ModelSpec spec;
+  uint64_t parameters = 0;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Tokenizer> src, tgt;
+  std::unique_ptr<Batcher> batcher;
+};
+
+std::unique_ptr<Model> load_model(const std::string& name, const std::string& dir, const Config& cfg, int workers) {
+  auto m = std::make_unique<Model>();
+  m->name = name;
+  m->dir = dir;
+  LoadedExport exp = load_export(dir);
+  const auto config = nlohmann::json::parse(read_file(dir + "/config.json"));
+  const auto data = config.value("data", nlohmann::json::object());
+  m->source_language = data.value("src", "");
+  m->target_language = data.value("tgt", "");
+  for (const auto& [_, t] : exp.weights) m->parameters += t.numel();
+  m->engine = std::make_unique<Engine>(exp.spec, exp.weights, cfg.threads, cfg.compute_type);
+  m->spec = exp.spec;
+  m->src = load_sentencepiece(exp.src_tokenizer);
+  m->tgt = load_sentencepiece(exp.tgt_tokenizer);
+  const Engine* engine = m->engine.get();
+  m->batcher = std::make_unique<Batcher>(
+      [engine](const std::vector<std::vector<int64_t>>& s, const DecodeOptions& o) { return engine->translate(s, o); },
+      cfg.max_batch, cfg.max_batch_tokens, cfg.max_delay_ms / 1000, cfg.max_queue, workers);
+  return m;
+}
+
+// One TranslateRequest in flight: its jobs' answers are gathered here, from worker threads.
+struct Call {
+  const Model* model = nullptr;
+  std::string request_id;
+  bool scores = false;
+  std::vector<std::vector<Hypothesis>> hypotheses;
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t left = 0;  // jobs not answered yet
+  Outcome::Kind kind = Outcome::kDone;
+  std::string error;
+  std::function<void(std::shared_ptr<Call>)> finished;  // when every job is answered
+  std::shared_ptr<std::atomic<bool>> cancelled;  // set: the call's queued sentences are dropped
+};
+
+Status invalid(const std::string& message) { return Status(StatusCode::INVALID_ARGUMENT, message); }
+
+class Service final : public pb::TranslationService::Service {
+ public:
+  explicit Service(const Config& cfg) : cfg_(cfg) {}
+
+  void add(std::unique_ptr<Model> model) { models_[model->name] = std::move(model); }
+  void set_ready() { ready_ = true; }
+  std::map<std::string, std::unique_ptr<Model>>& models() { return models_; }
+
+  Status Translate(ServerContext* ctx, const pb::TranslateRequest* request, pb::TranslateResponse* response) override {
+    Status status = admit(ctx);
+    if (!status.ok()) return status;
+    std::shared_ptr<Call> call;
+    status = start(ctx, *request, nullptr, std::make_shared<std::atomic<bool>>(false), &call);
+    if (!status.ok()) return status;
+    const auto deadline = call_deadline(ctx);
+    std::unique_lock<std::mutex> lock(call->mu);
+    // Woken by the answer; every 50 ms meanwhile to notice a cancelled call or a passed deadline.
+    while (call->left > 0) {
+      auto until = Clock::now() + std::chrono::milliseconds(50);
+      if (deadline) until = std::min(until, *deadline);
+      call->cv.wait_until(lock, until);
+      if (call->left == 0) break;
+      if (ctx->IsCancelled()) {
+        call->cancelled->store(true);
+        return Status(StatusCode::CANCELLED, "the call was cancelled");
+      }
+      if (deadline && Clock::now() >= *deadline) {
+        call->cancelled->store(true);
+        return Status(StatusCode::DEADLINE_EXCEEDED, "the deadline passed before the translation was done");
+      }
+    }
+    lock.unlock();
+    return respond(*call, response);
+  }
+
+  Status TranslateStream(ServerContext* ctx,
+                         grpc::ServerReaderWriter<pb::TranslateResponse, pb::TranslateRequest>* stream) override {
+    Status status = admit(ctx);
+    if (!status.ok()) return status;
+    // Requests are read here while a writer thread sends each response as soon as it is done.
+    struct Shared {
+      std::mutex mu;
+      std::condition_variable cv;
+      std::deque<std::shared_ptr<Call>> done;
+      size_t pending = 0;
+      bool reading = true;
+      Status error;
+    };
+    auto shared = std::make_shared<Shared>();
+    auto cancelled = std::make_shared<std::atomic<bool>>(false);  // the stream's, shared by its requests
+    auto on_done = [shared](std::shared_ptr<Call> call) {
+      std::lock_guard<std::mutex> lock(shared->mu);
+      shared->done.push_back(std::move(call));
+      shared->cv.notify_all();
+    };
+    std::thread writer([&, shared] {
+      for (;;) {
+        std::unique_lock<std::mutex> lock(shared->mu);
+        shared->cv.wait(lock, [&] { return !shared->done.empty() || (!shared->reading && shared->pending == 0); });
+        if (shared->done.empty()) return;
+        auto call = std::move(shared->done.front());
+        shared->done.pop_front();
+        --shared->pending;
+        lock.unlock();
+        pb::TranslateResponse response;
+        Status s = respond(*call, &response);
+        if (s.ok() && stream->Write(response)) continue;
+        lock.lock();
+        if (shared->error.ok()) shared->error = s.ok() ? Status(StatusCode::CANCELLED, "the caller went away") : s;
+        shared->reading = false;  // the stream ends with this status; what is still queued is dropped
+        shared->pending = 0;
+        cancelled->store(true);
+        return;
+      }
+    });
+    pb::TranslateRequest request;
+    while (stream->Read(&request)) {
+      std::shared_ptr<Call> call;
+      {
+        std::lock_guard<std::mutex> lock(shared->mu);
+        if (!shared->error.ok()) break;
+        ++shared->pending;
+      }
+      Status s = start(ctx, request, on_done, cancelled, &call);
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(shared->mu);
+        --shared->pending;
+        if (shared->error.ok()) shared->error = s;
+        break;
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(shared->mu);
+      if (!shared->error.ok() || ctx->IsCancelled()) {  // an invalid request or the caller's cancel ends it now
+        cancelled->store(true);
+        if (shared->error.ok()) shared->error = Status(StatusCode::CANCELLED, "the call was cancelled");
+        shared->pending = 0;
+      }
+      shared->reading = false;
+      shared->cv.notify_all();
+    }
+    writer.join();
+    std::lock_guard<std::mutex> lock(shared->mu);
+    return shared->error;
+  }
+
+  Status Evaluate(ServerContext*, const pb::EvaluateRequest*, grpc::ServerWriter<pb::EvaluateEvent>*) override {
+    return Status(StatusCode::UNIMPLEMENTED,
+                  "Evaluate runs on the Python server (seq2seq serve), which scores with sacreBLEU and decodes "
+                  "with the Python reference too; this C++ front end serves Translate and TranslateStream");
+  }
+
+  Status ListModels(ServerContext* ctx, const pb::ListModelsRequest*, pb::ListModelsResponse* response) override {
+    Status status = admit(ctx);
+    if (!status.ok()) return status;
+    for (const auto& [_, m] : models_) info(*m, response->add_models());
+    return Status::OK;
+  }
+
+  Status GetModel(ServerContext* ctx, const pb::GetModelRequest* request, pb::ModelInfo* response) override {
+    Status status = admit(ctx);
+    if (!status.ok()) return status;
+    if (request->name().empty()) return invalid("name: which model?");
+    const Model* m = nullptr;
+    status = find(request->name(), &m);
+    if (status.ok()) info(*m, response);
+    return status;
+  }
+
+ private:
+  Status admit(ServerContext* ctx) const {
+    if (!cfg_.token.empty()) {
+      const std::string expected = "Bearer " + cfg_.token;
+      const auto& meta = ctx->client_metadata();
+      const auto it = meta.find("authorization");
+      std::string given = it == meta.end() ? "" : std::string(it->second.data(), it->second.size());
+      // Compared in time independent of where they differ.
+      unsigned char diff = given.size() != expected.size();
+      for (size_t i = 0; i < expected.size(); ++i) diff |= expected[i] ^ (i < given.size() ? given[i] : 0);
+      if (diff) return Status(StatusCode::UNAUTHENTICATED, "a valid 'authorization: Bearer TOKEN' is required");
+    }
+    if (!ready_) return Status(StatusCode::UNAVAILABLE, "the models are still loading; retry shortly");
+    return Status::OK;
+  }
+
+  Status find(const std::string& name, const Model** out) const {
+    if (name.empty()) {
+      if (models_.size() == 1) {
+        *out = models_.begin()->second.get();
+        return Status::OK;
+      }
+      return invalid("model: this server holds " + std::to_string(models_.size()) + " models; name one of " + names());
+    }
+    const auto it = models_.find(name);
+    if (it == models_.end()) return Status(StatusCode::NOT_FOUND, "model '" + name + "' is not loaded; loaded: " + names());
+    *out = it->second.get();
+    return Status::OK;
+  }
+
+  std::string names() const {
+    std::string out = "[";
+    for (const auto& [name, _] : models_) out += (out.size() > 1 ? ", '" : "'") + name + "'";
+    return out + "]";
+  }
+
+  Status options(const pb::DecodingOptions& msg, DecodeOptions* opts) const {
+    opts->length_penalty = "gnmt";  // DecodingOptions' defaults
+    opts->return_attention = msg.return_attention();
+    if (msg.has_beam_size()) opts->beam_size = msg.beam_size();
+    if (msg.has_n_best()) opts->n_best = msg.n_best();
+    if (msg.has_max_length()) opts->max_length = msg.max_length();
+    if (msg.has_length_penalty()) opts->length_penalty = msg.length_penalty();
+    if (msg.has_alpha()) opts->alpha = msg.alpha();
+    if (opts->beam_size < 1 || opts->beam_size > cfg_.max_beam)
+      return invalid("options.beam_size must be within 1.." + std::to_string(cfg_.max_beam) + ", not " +
+                     std::to_string(opts->beam_size));
+    if (opts->max_length < 1 || opts->max_length > cfg_.max_length)
+      return invalid("options.max_length must be within 1.." + std::to_string(cfg_.max_length) + ", not " +
+                     std::to_string(opts->max_length));
+    try {
+      validate_options(*opts);
+    } catch (const std::exception& e) {
+      return invalid(std::string("options: ") + e.what());
+    }
+    return Status::OK;
+  }
+
+  Status encode(const Model& m, const google::protobuf::RepeatedPtrField<std::string>& sentences,
+                std::vector<std::vector<int64_t>>* ids) const {
+    if (sentences.empty()) return invalid("sentences: the request holds no sentences");
+    if (sentences.size() > cfg_.max_sentences)
+      return invalid("sentences: " + std::to_string(sentences.size()) + " sentences in one request; the limit is " +
+                     std::to_string(cfg_.max_sentences) + " (split the request)");
+    const int64_t max_tokens = std::min(cfg_.max_tokens, cfg_.max_source_tokens);
+    for (int i = 0; i < sentences.size(); ++i) {
+      const std::string where = "sentences[" + std::to_string(i) + "]";
+      const size_t chars = code_points(sentences[i]);
+      if (static_cast<int64_t>(chars) > cfg_.max_chars)
+        return invalid(where + " has " + std::to_string(chars) + " characters; the limit is " +
+                       std::to_string(cfg_.max_chars));
+      std::vector<int64_t> pieces;
+      try {
+        pieces = m.src->encode(normalize(sentences[i]));
+      } catch (const std::exception& e) {
+        return invalid(where + ": " + e.what());
+      }
+      if (pieces.empty()) return invalid(where + " is empty");
+      if (static_cast<int64_t>(pieces.size()) > max_tokens)
+        return invalid(where + " has " + std::to_string(pieces.size()) + " tokens; the limit is " +
+                       std::to_string(max_tokens));
+      ids->push_back(std::move(pieces));
+    }
+    return Status::OK;
+  }
+
+  // Validates the request and queues its sentences; the call's `finished` runs when all are answered.
+  Status start(ServerContext* ctx, const pb::TranslateRequest& request,
+               std::function<void(std::shared_ptr<Call>)> finished, std::shared_ptr<std::atomic<bool>> cancelled,
+               std::shared_ptr<Call>* out) const {
+    const Model* m = nullptr;
+    Status status = find(request.model(), &m);
+    if (!status.ok()) return status;
+    DecodeOptions opts;
+    std::vector<std::vector<int64_t>> ids;
+    status = options(request.options(), &opts);
+    if (status.ok()) status = encode(*m, request.sentences(), &ids);
+    if (!status.ok()) return status;
+    auto call = std::make_shared<Call>();
+    call->model = m;
+    call->request_id = request.request_id();
+    call->scores = request.options().return_scores();
+    call->hypotheses.resize(ids.size());
+    call->finished = std::move(finished);
+    call->cancelled = cancelled;
+    const int64_t batch = m->batcher->max_batch();
+    call->left = (ids.size() + batch - 1) / batch;
+    auto done_for = [call](size_t first, size_t) {
+      return [call, first](Outcome outcome) {
+        std::function<void(std::shared_ptr<Call>)> finished;
+        {
+          std::lock_guard<std::mutex> lock(call->mu);
+          if (outcome.kind == Outcome::kDone) {
+            std::move(outcome.hypotheses.begin(), outcome.hypotheses.end(), call->hypotheses.begin() + first);
+          } else if (call->kind == Outcome::kDone) {
+            call->kind = outcome.kind;
+            call->error = outcome.error;
+          }
+          if (--call->left == 0) finished = call->finished;
+          call->cv.notify_all();
+        }
+        if (finished) finished(call);
+      };
+    };
+    std::string why;
+    if (!m->batcher->submit(std::move(ids), opts, call_deadline(ctx), cancelled, done_for, &why))
+      return Status(StatusCode::RESOURCE_EXHAUSTED, why);
+    *out = call;
+    return Status::OK;
+  }
+
+  static std::optional<Clock::time_point> call_deadline(ServerContext* ctx) {
+    const auto remaining = ctx->deadline() - std::chrono::system_clock::now();
+    if (remaining > std::chrono::hours(24 * 365)) return std::nullopt;  // the caller set no deadline
+    return Clock::now() + std::chrono::duration_cast<Clock::duration>(remaining);
+  }
+
+  Status respond(const Call& call, pb::TranslateResponse* response) const {
+    switch (call.kind) {
+      case Outcome::kDone: break;
+      case Outcome::kDeadline:
+        return Status(StatusCode::DEADLINE_EXCEEDED, "the deadline passed while the request was queued");
+      case Outcome::kCancelled: return Status(StatusCode::CANCELLED, "the call was cancelled");
+      case Outcome::kError: return invalid(call.error);
+    }
+    response->set_request_id(call.request_id);
+    response->set_model(call.model->name);
+    for (const auto& sentence : call.hypotheses) {
+      auto* translation = response->add_translations();
+      for (const auto& h : sentence) {
+        auto* out = translation->add_hypotheses();
+        try {
+          out->set_text(call.model->tgt->decode(h.tokens));
+        } catch (const std::exception& e) {
+          return Status(StatusCode::INTERNAL, e.what());
+        }
+        if (call.scores) {
+          out->set_score(static_cast<float>(h.score));
+          out->set_log_prob(static_cast<float>(h.log_prob));
+        }
+        if (h.attention) {
+          const at::Tensor a = h.attention->contiguous().to(at::kFloat);
+          auto* att = out->mutable_attention();
+          att->set_rows(a.size(0));
+          att->set_columns(a.size(1));
+          att->mutable_weights()->Add(a.data_ptr<float>(), a.data_ptr<float>() + a.numel());
+        }
+      }
+    }
+    return Status::OK;
+  }
+
+  void info(const Model& m, pb::ModelInfo* out) const {
+    out->set_name(m.name);
+    out->set_family(m.spec.family);
+    out->set_source_language(m.source_language);
+    out->set_target_language(m.target_language);
+    out->set_source_vocabulary(m.spec.src_vocab);
+    out->set_target_vocabulary(m.spec.tgt_vocab);
+    out->set_compute_type(m.engine->compute_type());
+    out->set_parameters(m.parameters);
+    out->set_backend("cpp");
+  }
+
+  const Config& cfg_;
+  std::map<std::string, std::unique_ptr<Model>> models_;
+  std::atomic<bool> ready_{false};
+};
+
+int64_t number(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0') throw std::invalid_argument(flag + " takes an integer, not '" + text + "'");
+  return v;
+}
+
+double real(const std::string& flag, const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0') throw std::invalid_argument(flag + " takes a number, not '" + text + "'");
+  return v;
+}
+
+Config parse(int argc, char** argv) {
+  Config cfg;
+  if (const char* token = std::getenv("SEQ2SEQ_TOKEN")) cfg.token = token;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    }
+    if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
+    const std::string value = argv[++i];
+    if (flag == "--model") {
+      const auto eq = value.find('=');
+      std::string name = eq == std::string::npos ? "" : value.substr(0, eq);
+      std::string path = eq == std::string::npos ? value : value.substr(eq + 1);
+      if (eq == std::string::npos) name = path.substr(path.find_last_of('/', path.size() - 2) + 1);
+      if (name.empty() || path.empty()) throw std::invalid_argument("--model '" + value + "': write NAME=EXPORT_DIR");
+      if (cfg.models.count(name)) throw std::invalid_argument("--model: the name '" + name + "' is given twice");
+      cfg.models[name] = path;
+    } else if (flag == "--host") cfg.host = value;
+    else if (flag == "--port") cfg.port = static_cast<int>(number(flag, value));
+    else if (flag == "--threads") cfg.threads = number(flag, value);
+    else if (flag == "--compute-type") cfg.compute_type = value;
+    else if (flag == "--workers") cfg.workers = number(flag, value);
+    else if (flag == "--max-batch") cfg.max_batch = number(flag, value);
+    else if (flag == "--max-batch-tokens") cfg.max_batch_tokens = number(flag, value);
+    else if (flag == "--max-delay-ms") cfg.max_delay_ms = real(flag, value);
+    else if (flag == "--max-queue") cfg.max_queue = number(flag, value);
+    else if (flag == "--max-chars") cfg.max_chars = number(flag, value);
+    else if (flag == "--max-tokens") cfg.max_tokens = number(flag, value);
+    else if (flag == "--max-sentences") cfg.max_sentences = number(flag, value);
+    else if (flag == "--max-beam") cfg.max_beam = number(flag, value);
+    else if (flag == "--max-message-bytes") cfg.max_message_bytes = number(flag, value);
+    else if (flag == "--rpc-threads") cfg.rpc_threads = number(flag, value);
+    else if (flag == "--token") cfg.token = value;
+    else if (flag == "--tls-cert") cfg.tls_cert = value;
+    else if (flag == "--tls-key") cfg.tls_key = value;
+    else if (flag == "--grace") cfg.grace_s = real(flag, value);
+    else throw std::invalid_argument("unknown option " + flag + " (see --help)");
+  }
+  if (cfg.models.empty()) throw std::invalid_argument("give at least one --model NAME=EXPORT_DIR");
+  if (cfg.port < 0 || cfg.port > 65535) throw std::invalid_argument("--port must be within 0..65535");
+  if (cfg.threads < 0 || cfg.workers < 0) throw std::invalid_argument("--threads and --workers must be >= 0");
+  if (cfg.max_batch < 1 || cfg.max_batch_tokens < 1 || cfg.max_queue < 1 || cfg.max_delay_ms < 0)
+    throw std::invalid_argument("--max-batch, --max-batch-tokens and --max-queue must be positive, --max-delay-ms >= 0");
+  if (cfg.max_chars < 1 || cfg.max_tokens < 1 || cfg.max_sentences < 1 || cfg.max_beam < 1 ||
+      cfg.max_message_bytes < 1 || cfg.rpc_threads < 1)
+    throw std::invalid_argument("the --max-* limits and --rpc-threads must be positive");
+  if (cfg.tls_cert.empty() != cfg.tls_key.empty()) throw std::invalid_argument("TLS needs both --tls-cert and --tls-key");
+  return cfg;
+}
+
+// As server/app.py's engine_workers: as many batches at once as fit the cores.
+int engine_workers(const Config& cfg) {
+  if (cfg.workers) return static_cast<int>(cfg.workers);
+  cpu_set_t set;
+  const int cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  return std::max(1, static_cast<int>(cores / (cfg.threads ? cfg.threads : cores)));
+}
+
+int serve(const Config& cfg) {
+  // SIGTERM and SIGINT are taken by sigwait below; every thread started from here inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  Service service(cfg);
+  grpc::ServerBuilder builder;
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!cfg.tls_cert.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({read_file(cfg.tls_key), read_file(cfg.tls_cert)});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  int port = 0;
+  const std::string address = cfg.host + ":" + std::to_string(cfg.port);
+  builder.AddListeningPort(address, credentials, &port);
+  builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(cfg.max_message_bytes));
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  grpc::ResourceQuota quota("seq2seq-serve");
+  quota.SetMaxThreads(static_cast<int>(cfg.rpc_threads));
+  builder.SetResourceQuota(quota);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) throw std::runtime_error("cannot listen on " + address + " (in use?)");
+  auto* health = server->GetHealthCheckService();
+  health->SetServingStatus(kService, false);  // NOT_SERVING while the models load
+  health->SetServingStatus(false);
+  log_event({{"event", "listening"}, {"address", cfg.host + ":" + std::to_string(port)},
+             {"tls", !cfg.tls_cert.empty()}, {"token", !cfg.token.empty()}});
+  const int workers = engine_workers(cfg);
+  std::string names;
+  for (const auto& [name, dir] : cfg.models) {
+    service.add(load_model(name, dir, cfg, workers));
+    names += (names.empty() ? "" : ", ") + name;
+    log_event({{"event", "model_loaded"}, {"model", name}, {"path", dir}, {"backend", "cpp"},
+               {"workers", workers}, {"threads", cfg.threads}});
+  }
+  service.set_ready();
+  health->SetServingStatus(true);
+  health->SetServingStatus(kService, true);
+  std::cout << "serving " << names << " on " << cfg.host << ":" << port << std::endl;
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  // NOT_SERVING, no new calls, in-flight calls finish within the grace period.
+  health->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(cfg.grace_s)));
+  nlohmann::json batches = nlohmann::json::object();
+  for (auto& [name, m] : service.models()) {
+    m->batcher->close();
+    const BatcherStats s = m->batcher->stats();
+    batches[name] = {{"batches", s.batches}, {"sentences", s.sentences}};
+  }
+  log_event({{"event", "stopped"}, {"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"engine_batches", batches}});
+  return 0;
+}
+
+}  // namespace
+}  // namespace seq2seq
+
+int main(int argc, char** argv) {
+  try {
+    return seq2seq::serve(seq2seq::parse(argc, argv));
+  } catch (const std::exception& e) {
+    std::cerr << "seq2seq-serve: error: " << e.what() << '\n';
+    return 1;
+  }
+}
