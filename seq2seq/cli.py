@@ -446,12 +446,19 @@ def cmd_bench_server(args) -> int:
         raise ValueError("--clients, --max-batch and --max-requests must be positive, --seconds > 0")
     if args.overhead_sentences < 0:
         raise ValueError("--overhead-sentences must be >= 0")
+    binary = ""
+    if args.server == "cpp":
+        binary = str(Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-serve")
+        if not Path(binary).exists():
+            raise ValueError(f"--server cpp: {binary} is not built; build it with `make cpp`")
     rows = loadtest.bench_server(args.model, sentences, clients, batches, args.seconds, args.max_requests,
-                                 args.beam_size, args.threads, args.compute_type, args.workers, args.max_delay_ms)
+                                 args.beam_size, args.threads, args.compute_type, args.workers, args.max_delay_ms,
+                                 binary=binary)
     overhead = None
     if args.overhead_sentences:
         overhead = loadtest.one_client_overhead(args.model, sentences, args.beam_size, args.overhead_sentences,
-                                                args.threads, args.compute_type, "--workers", str(args.workers))
+                                                args.threads, args.compute_type, "--workers", str(args.workers),
+                                                binary=binary)
     print("\n" + loadtest.markdown(rows))
     if overhead:
         o = overhead
@@ -652,6 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="the server's engine batches at once (0: cores // threads)")
     p.add_argument("--max-delay-ms", type=float, default=3.0, help="the server's: how long a batch waits for more")
     p.add_argument("--compute-type", default="float32", help="the server engine's: float32 or int8")
+    p.add_argument("--server", choices=("python", "cpp"), default="python",
+                   help="python: seq2seq serve; cpp: the C++ front end build/cmake/seq2seq-serve (make cpp)")
     p.add_argument("--overhead-sentences", type=int, default=300,
                    help="one client alternating direct and served calls over this many sentences (0: skip)")
     p.add_argument("--out", help="write the rows here as JSON")

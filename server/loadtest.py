@@ -1,6 +1,6 @@
 """`seq2seq bench-server`: concurrent clients against a local server process.
 
-Each case starts `seq2seq serve` on 127.0.0.1 (a free port) with the case's batch limit,
+Each case starts `seq2seq serve` (or, with ``binary``, the C++ front end seq2seq-serve) on 127.0.0.1 (a free port) with the case's batch limit,
 then runs N client threads, each sending one sentence per request, until T seconds or R
 requests have passed, whichever comes first. Reported: requests/s, p50/p90/p99 latency,
 errors, and the server's resident memory after start-up and at the end. Then one client
@@ -19,6 +19,9 @@ import sys
 import threading
 import time
 
+import json
+import tempfile
+
 import grpc
 
 from seq2seq.bench import MemorySampler
@@ -26,12 +29,15 @@ from seq2seq.bench import MemorySampler
 from .client import Client
 
 
-def start_server(export: str, *extra: str, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, int, int | None]:
-    """A `seq2seq serve` process on a free port: (process, port, metrics port if asked for).
-    Its log (stderr) goes to ``stderr``."""
-    proc = subprocess.Popen([sys.executable, "-m", "seq2seq", "serve", "--model", f"m={export}", "--port", "0", *extra],
-                            stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def start_server(export: str, *extra: str, stderr=subprocess.DEVNULL, binary: str = "",
+                 models: list[str] | None = None) -> tuple[subprocess.Popen, int, int | None]:
+    """A `seq2seq serve` process, or the C++ ``binary``, on a free port: (process, port,
+    metrics port if asked for). It serves ``export`` as model "m", or the given ``--model``
+    arguments. Its log (stderr) goes to ``stderr``."""
+    models = models or ["--model", f"m={export}"]
+    command = [binary] if binary else [sys.executable, "-m", "seq2seq", "serve"]
+    proc = subprocess.Popen([*command, *models, "--port", "0", *extra], stdout=subprocess.PIPE, stderr=stderr,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()
     found = re.search(r"on 127\.0\.0\.1:(\d+)(?:, metrics on 127\.0\.0\.1:(\d+))?", line)
     if not found:
@@ -86,25 +92,26 @@ def run_load(target: str, sentences: list[str], clients: int, seconds: float, ma
 
 
 def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: int = 300, threads: int = 1,
-                        compute_type: str = "float32", *server_args: str) -> dict:
+                        compute_type: str = "float32", *server_args: str, binary: str = "") -> dict:
     """What a Translate call costs over a direct engine call with the server's settings.
 
     The two alternate sentence by sentence (the benchmark's own engine, then the same
-    sentence through a `seq2seq serve` process), so drifts in this shared machine's speed
-    touch both alike; one sentence per call."""
+    sentence through a server process), so drifts in this shared machine's speed touch both
+    alike; one sentence per call."""
     from seq2seq.config import DecodingOptions
     from seq2seq.engine import Engine
 
     engine, opts = Engine(export, threads=threads, compute_type=compute_type), DecodingOptions(beam_size=beam_size)
+    log = tempfile.TemporaryFile("w+")
     proc, port, metrics_port = start_server(export, "--threads", str(threads), "--compute-type", compute_type,
-                                            "--metrics-port", "0", *server_args)
+                                            *metrics_args(binary), *server_args, binary=binary, stderr=log)
     direct, served = [], []
     try:
         client = Client(f"127.0.0.1:{port}", timeout=60)
         sample = [sentences[i % len(sentences)] for i in range(n)]
         for s in sample[:5]:  # warm-up
             engine.translate([s], opts), client.translate([s], beam_size=beam_size)
-        handled_before = metric_totals(metrics_port, "seq2seq_request_seconds", '"Translate"')
+        handled_before = metric_totals(metrics_port, "seq2seq_request_seconds", '"Translate"') if not binary else 0
         for s in sample:
             t0 = time.perf_counter()
             engine.translate([s], opts)
@@ -112,12 +119,17 @@ def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: in
             client.translate([s], beam_size=beam_size)
             direct.append(t1 - t0)
             served.append(time.perf_counter() - t1)
-        handled = [b - a for a, b in zip(handled_before, metric_totals(metrics_port, "seq2seq_request_seconds",
-                                                                       '"Translate"'))]
+        if not binary:
+            handled = [b - a for a, b in zip(handled_before, metric_totals(metrics_port, "seq2seq_request_seconds",
+                                                                           '"Translate"'))]
         client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
+    if binary:  # its log has a line per call, the warm-up's first
+        ms_per_call = [e["ms"] for e in log_events(log) if e.get("method") == "Translate"][5:]
+        handled = [len(ms_per_call), sum(ms_per_call) / 1000]
+    log.close()
     ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
     mean = lambda xs: 1000 * statistics.fmean(xs)  # noqa: E731
     return {"sentences": n, "direct_p50_ms": ms(direct), "served_p50_ms": ms(served),
@@ -129,31 +141,47 @@ def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: in
 
 def bench_server(export: str, sentences: list[str], clients: list[int], batches: list[int], seconds: float,
                  max_requests: int, beam_size: int = 5, threads: int = 1, compute_type: str = "float32",
-                 workers: int = 0, max_delay_ms: float = 3.0, log=print) -> list[dict]:
+                 workers: int = 0, max_delay_ms: float = 3.0, log=print, binary: str = "") -> list[dict]:
     rows = []
     for batch in batches:
         for n in clients:
+            server_log = tempfile.TemporaryFile("w+")
             proc, port, metrics_port = start_server(
                 export, "--max-batch", str(batch), "--max-queue", "100000", "--threads", str(threads),
                 "--workers", str(workers), "--max-delay-ms", str(max_delay_ms), "--compute-type", compute_type,
-                "--metrics-port", "0")
+                *metrics_args(binary), binary=binary, stderr=server_log)
             try:
                 Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
-                batches_before, sentences_before = engine_batches(metrics_port)
+                before = engine_batches(metrics_port) if not binary else (0, 0)
                 with MemorySampler(proc.pid, every=1.0) as memory:
                     r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
-                batches_after, sentences_after = engine_batches(metrics_port)
-                mib = [(t, round(m, 1)) for t, m in memory.samples]
-                r.update(max_batch=batch, clients=n, server_mib_start=mib[0][1],
-                         server_mib_peak=max(m for _, m in mib), server_mib_end=mib[-1][1], server_mib=mib,
-                         mean_batch=(sentences_after - sentences_before) / max(batches_after - batches_before, 1))
+                after = engine_batches(metrics_port) if not binary else None
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
+            if binary:  # the C++ server counts its batches up to its end, the warm-up's among them
+                after = next(e["engine_batches"]["m"] for e in log_events(server_log) if e.get("event") == "stopped")
+                after = (after["batches"], after["sentences"])
+            server_log.close()
+            mib = [(t, round(m, 1)) for t, m in memory.samples]
+            r.update(max_batch=batch, clients=n, server_mib_start=mib[0][1],
+                     server_mib_peak=max(m for _, m in mib), server_mib_end=mib[-1][1], server_mib=mib,
+                     mean_batch=(after[1] - before[1]) / max(after[0] - before[0], 1))
             rows.append(r)
             log(f"max batch {batch:3} clients {n:3}: {r['requests']:6} requests, {r['requests_per_s']:7.1f}/s, "
                 f"p50 {r['p50_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, errors {sum(r['errors'].values())}")
     return rows
+
+
+def metrics_args(binary: str) -> list[str]:
+    """The Python server serves Prometheus metrics; the C++ one logs what the benchmark reads."""
+    return [] if binary else ["--metrics-port", "0"]
+
+
+def log_events(log) -> list[dict]:
+    """The JSON lines of a server's log file (an open file it has written)."""
+    log.seek(0)
+    return [json.loads(line) for line in log if line.startswith("{")]
 
 
 def metric_totals(metrics_port: int, metric: str, labels: str = "") -> tuple[float, float]:

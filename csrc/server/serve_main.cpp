@@ -13,6 +13,9 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -81,7 +84,31 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
-void log_event(const nlohmann::json& event) { std::cerr << event.dump() << std::endl; }
+// One JSON object per line on stderr, whole lines even when calls end at once.
+void log_event(const nlohmann::json& event) {
+  static std::mutex mu;
+  const std::string line = event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  std::lock_guard<std::mutex> lock(mu);
+  std::fwrite(line.data(), 1, line.size(), stderr);
+  std::fflush(stderr);
+}
+
+// Runs an RPC's body and logs the call as one line, as the Python server does.
+template <typename Body>
+Status logged(const char* method, ServerContext* ctx, const std::string& request_id, int sentences, Body body) {
+  const auto started = Clock::now();
+  const Status status = body();
+  static const char* const names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+                                      "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                                      "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+                                      "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  const int code = status.error_code();
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
+  log_event({{"method", method}, {"status", code >= 0 && code <= 16 ? names[code] : "UNKNOWN"},
+             {"ms", std::round(ms * 100) / 100}, {"request_id", request_id}, {"sentences", sentences},
+             {"peer", ctx->peer()}});
+  return status;
+}
 
 struct Model {
   std::string name, dir, source_language, target_language;
@@ -130,6 +157,25 @@ struct Call {
 
 Status invalid(const std::string& message) { return Status(StatusCode::INVALID_ARGUMENT, message); }
 
+// Python's repr() of a float and of a string, for messages that read as the Python server's.
+std::string python_float(double v) {
+  char buf[64];
+  const auto end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
+  std::string out(buf, end);
+  if (out.find_first_of(".en") == std::string::npos) out += ".0";
+  return out;
+}
+
+std::string python_repr(const std::string& s) {
+  const char quote = s.find('\'') != std::string::npos && s.find('"') == std::string::npos ? '"' : '\'';
+  std::string out(1, quote);
+  for (char c : s) {
+    if (c == quote || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + quote;
+}
+
 class Service final : public pb::TranslationService::Service {
  public:
   explicit Service(const Config& cfg) : cfg_(cfg) {}
@@ -139,6 +185,46 @@ class Service final : public pb::TranslationService::Service {
   std::map<std::string, std::unique_ptr<Model>>& models() { return models_; }
 
   Status Translate(ServerContext* ctx, const pb::TranslateRequest* request, pb::TranslateResponse* response) override {
+    return logged("Translate", ctx, request->request_id(), request->sentences_size(),
+                  [&] { return translate(ctx, request, response); });
+  }
+
+  Status TranslateStream(ServerContext* ctx,
+                         grpc::ServerReaderWriter<pb::TranslateResponse, pb::TranslateRequest>* stream) override {
+    return logged("TranslateStream", ctx, "", 0, [&] { return translate_stream(ctx, stream); });
+  }
+
+  Status Evaluate(ServerContext* ctx, const pb::EvaluateRequest* request, grpc::ServerWriter<pb::EvaluateEvent>*) override {
+    return logged("Evaluate", ctx, request->request_id(), request->sources_size(), [] {
+      return Status(StatusCode::UNIMPLEMENTED,
+                    "Evaluate runs on the Python server (seq2seq serve), which scores with sacreBLEU and decodes "
+                    "with the Python reference too; this C++ front end serves Translate and TranslateStream");
+    });
+  }
+
+  Status ListModels(ServerContext* ctx, const pb::ListModelsRequest*, pb::ListModelsResponse* response) override {
+    return logged("ListModels", ctx, "", 0, [&] {
+      Status status = admit(ctx);
+      if (status.ok())
+        for (const auto& [_, m] : models_) info(*m, response->add_models());
+      return status;
+    });
+  }
+
+  Status GetModel(ServerContext* ctx, const pb::GetModelRequest* request, pb::ModelInfo* response) override {
+    return logged("GetModel", ctx, "", 0, [&] {
+      Status status = admit(ctx);
+      if (!status.ok()) return status;
+      if (request->name().empty()) return invalid("name: which model?");
+      const Model* m = nullptr;
+      status = find(request->name(), &m);
+      if (status.ok()) info(*m, response);
+      return status;
+    });
+  }
+
+ private:
+  Status translate(ServerContext* ctx, const pb::TranslateRequest* request, pb::TranslateResponse* response) {
     Status status = admit(ctx);
     if (!status.ok()) return status;
     std::shared_ptr<Call> call;
@@ -165,8 +251,8 @@ class Service final : public pb::TranslationService::Service {
     return respond(*call, response);
   }
 
-  Status TranslateStream(ServerContext* ctx,
-                         grpc::ServerReaderWriter<pb::TranslateResponse, pb::TranslateRequest>* stream) override {
+  Status translate_stream(ServerContext* ctx,
+                          grpc::ServerReaderWriter<pb::TranslateResponse, pb::TranslateRequest>* stream) {
     Status status = admit(ctx);
     if (!status.ok()) return status;
     // Requests are read here while a writer thread sends each response as soon as it is done.
@@ -236,30 +322,6 @@ class Service final : public pb::TranslationService::Service {
     return shared->error;
   }
 
-  Status Evaluate(ServerContext*, const pb::EvaluateRequest*, grpc::ServerWriter<pb::EvaluateEvent>*) override {
-    return Status(StatusCode::UNIMPLEMENTED,
-                  "Evaluate runs on the Python server (seq2seq serve), which scores with sacreBLEU and decodes "
-                  "with the Python reference too; this C++ front end serves Translate and TranslateStream");
-  }
-
-  Status ListModels(ServerContext* ctx, const pb::ListModelsRequest*, pb::ListModelsResponse* response) override {
-    Status status = admit(ctx);
-    if (!status.ok()) return status;
-    for (const auto& [_, m] : models_) info(*m, response->add_models());
-    return Status::OK;
-  }
-
-  Status GetModel(ServerContext* ctx, const pb::GetModelRequest* request, pb::ModelInfo* response) override {
-    Status status = admit(ctx);
-    if (!status.ok()) return status;
-    if (request->name().empty()) return invalid("name: which model?");
-    const Model* m = nullptr;
-    status = find(request->name(), &m);
-    if (status.ok()) info(*m, response);
-    return status;
-  }
-
- private:
   Status admit(ServerContext* ctx) const {
     if (!cfg_.token.empty()) {
       const std::string expected = "Bearer " + cfg_.token;
@@ -309,8 +371,18 @@ class Service final : public pb::TranslationService::Service {
     if (opts->max_length < 1 || opts->max_length > cfg_.max_length)
       return invalid("options.max_length must be within 1.." + std::to_string(cfg_.max_length) + ", not " +
                      std::to_string(opts->max_length));
+    // As seq2seq.config.validate_decoding_options, message for message.
+    if (!std::isfinite(opts->alpha)) return invalid("options.alpha must be a finite number");
+    const std::string& lp = opts->length_penalty;
+    if (lp != "none" && lp != "gnmt" && lp != "average")
+      return invalid("options: DecodingOptions.length_penalty=" + python_repr(lp) +
+                     " is not valid; choose one of 'none', 'gnmt', 'average'");
+    if (opts->n_best < 1 || opts->n_best > opts->beam_size)
+      return invalid("options: DecodingOptions.n_best=" + std::to_string(opts->n_best) +
+                     " must be between 1 and beam_size=" + std::to_string(opts->beam_size));
+    if (opts->alpha < 0) return invalid("options: DecodingOptions.alpha must be >= 0, got " + python_float(opts->alpha));
     try {
-      validate_options(*opts);
+      validate_options(*opts);  // what the engine itself requires
     } catch (const std::exception& e) {
       return invalid(std::string("options: ") + e.what());
     }

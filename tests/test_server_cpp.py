@@ -1,0 +1,315 @@
+"""seq2seq-serve, the C++ front end (built by `make cpp`), against the Python server on the
+same exports: the same answers, statuses and messages, byte for byte; then what a server
+must do on its own (batching, health, reflection, deadlines, cancellation, limits, token,
+TLS, SIGTERM). Every server listens on 127.0.0.1, on an ephemeral port."""
+
+import json
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.exports import random_export, sentencepiece_tokenizer
+
+BINARY = Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-serve"
+pytestmark = pytest.mark.skipif(not BINARY.exists(), reason="seq2seq-serve is not built (make cpp)")
+pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
+
+from seq2seq.server.app import Server, ServerConfig  # noqa: E402
+from seq2seq.server.client import Client, pb, pb_grpc  # noqa: E402
+from seq2seq.server.loadtest import start_server  # noqa: E402
+
+WORDS = ("ein Mann fährt mit dem Fahrrad eine Frau liest ein Buch zwei Hunde spielen im Schnee "
+         "Kinder lachen auf der Straße ein Junge springt ins Wasser die Sonne scheint hell").split()
+SENTENCES = [" ".join(WORDS[i:i + 3 + i % 5]) for i in range(len(WORDS) - 3)]
+# Text the servers must normalize alike before tokenizing: NFD accents, tabs, no-break and
+# ideographic spaces, a control character, spaces at either end.
+ODD = ["  ein\tMann fa\u0308hrt ", "Zu\u0308rich\u00a0im\u3000Schnee", "die\x07Sonne\u2028scheint", "Stra\u00dfe!?"]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served_cpp")
+    tok = sentencepiece_tokenizer(SENTENCES * 4, vocab_size=400)
+    return {"bahdanau": random_export(root / "a", "bahdanau-gru-bi", tokenizer=tok),
+            "luong": random_export(root / "b", "luong-general", tokenizer=tok)}
+
+
+def start_cpp(exports: dict, *extra, stderr=subprocess.DEVNULL):
+    models = [a for name, path in exports.items() for a in ("--model", f"{name}={path}")]
+    proc, port, _ = start_server("", *extra, binary=str(BINARY), models=models, stderr=stderr)
+    return proc, port
+
+
+def stop(proc, timeout=60):
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+@pytest.fixture(scope="module")
+def servers(exports):
+    """(C++ stub, Python stub) on the same two exports."""
+    proc, port = start_cpp(exports, "--max-delay-ms", "5")
+    py = Server(ServerConfig(models={k: str(v) for k, v in exports.items()}, port=0, max_delay_ms=5))
+    channels = [grpc.insecure_channel(f"127.0.0.1:{p}") for p in (port, py.port)]
+    yield tuple(pb_grpc.TranslationServiceStub(c) for c in channels) + (port,)
+    for c in channels:
+        c.close()
+    py.stop(grace=1)
+    assert stop(proc) == 0
+
+
+REQUESTS = [
+    dict(sentences=SENTENCES[:5]),
+    dict(sentences=SENTENCES[5:9], options=pb.DecodingOptions(beam_size=1, return_scores=True)),
+    dict(sentences=SENTENCES[:3], options=pb.DecodingOptions(beam_size=4, n_best=3, return_scores=True)),
+    dict(sentences=SENTENCES[9:11], options=pb.DecodingOptions(beam_size=2, return_attention=True)),
+    dict(sentences=SENTENCES[:4], options=pb.DecodingOptions(max_length=3, length_penalty="average")),
+    dict(sentences=SENTENCES[:4], options=pb.DecodingOptions(length_penalty="none", return_scores=True)),
+    dict(sentences=SENTENCES[:4], options=pb.DecodingOptions(alpha=1.5, return_scores=True)),
+    dict(sentences=ODD, options=pb.DecodingOptions(beam_size=3)),
+]
+
+
+@pytest.mark.parametrize("model", ["bahdanau", "luong"])
+@pytest.mark.parametrize("i", range(len(REQUESTS)))
+def test_translations_equal_the_python_servers(servers, model, i):
+    cpp, py, _ = servers
+    request = pb.TranslateRequest(request_id=f"r{i}", model=model, **REQUESTS[i])
+    got, want = cpp.Translate(request, timeout=60), py.Translate(request, timeout=60)
+    assert len(want.translations) == len(request.sentences)
+    assert got == want  # texts, scores, attention weights: every field
+
+
+BAD = [
+    dict(sentences=[]), dict(sentences=["ein Mann", ""]), dict(sentences=["ein Mann", " \t\u3000"]),
+    dict(sentences=["Mann " * 20000]), dict(sentences=["ein"] * 10000), dict(sentences=["Mann " * 300]),
+    dict(sentences=["ein"], model="nope"), dict(sentences=["ein"], model=""),
+    dict(sentences=["ein"], options=pb.DecodingOptions(beam_size=0)),
+    dict(sentences=["ein"], options=pb.DecodingOptions(beam_size=10000)),
+    dict(sentences=["ein"], options=pb.DecodingOptions(max_length=-3)),
+    dict(sentences=["ein"], options=pb.DecodingOptions(length_penalty="wu")),
+    dict(sentences=["ein"], options=pb.DecodingOptions(beam_size=2, n_best=3)),
+    dict(sentences=["ein"], options=pb.DecodingOptions(alpha=-0.3)),
+    dict(sentences=["ein"], options=pb.DecodingOptions(alpha=-2)),
+    dict(sentences=["ein"], options=pb.DecodingOptions(length_penalty="it's")),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD)))
+def test_bad_requests_get_the_python_servers_status_and_message(servers, i):
+    cpp, py, _ = servers
+    request = pb.TranslateRequest(**{"model": "bahdanau", **BAD[i]})
+    errors = []
+    for stub in (cpp, py):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Translate(request, timeout=60)
+        errors.append((e.value.code(), e.value.details()))
+    assert errors[0] == errors[1]
+    assert cpp.Translate(pb.TranslateRequest(model="bahdanau", sentences=["ein Mann"]), timeout=60).translations
+
+
+def test_alpha_that_is_not_a_number_is_refused(servers):
+    cpp, _, _ = servers
+    with pytest.raises(grpc.RpcError) as e:
+        cpp.Translate(pb.TranslateRequest(model="luong", sentences=["ein"], options=pb.DecodingOptions(alpha=float("nan"))))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "alpha" in e.value.details()
+
+
+def test_models_are_described_as_the_python_server_does(servers):
+    cpp, py, _ = servers
+    assert cpp.ListModels(pb.ListModelsRequest()) == py.ListModels(pb.ListModelsRequest())
+    assert cpp.GetModel(pb.GetModelRequest(name="luong")) == py.GetModel(pb.GetModelRequest(name="luong"))
+    for name, code in (("", grpc.StatusCode.INVALID_ARGUMENT), ("nope", grpc.StatusCode.NOT_FOUND)):
+        with pytest.raises(grpc.RpcError) as e:
+            cpp.GetModel(pb.GetModelRequest(name=name))
+        assert e.value.code() == code
+
+
+def test_stream_answers_every_request_as_the_unary_call_does(servers):
+    cpp, _, _ = servers
+    requests = [pb.TranslateRequest(request_id=str(i), model="bahdanau", sentences=SENTENCES[i:i + 1 + i % 3],
+                                    options=pb.DecodingOptions(beam_size=1 + i % 3)) for i in range(12)]
+    got = {r.request_id: r for r in cpp.TranslateStream(iter(requests), timeout=60)}
+    assert got == {r.request_id: cpp.Translate(r, timeout=60) for r in requests}
+
+
+def test_an_invalid_request_ends_the_stream_with_its_status(servers):
+    cpp, _, _ = servers
+    requests = [pb.TranslateRequest(request_id="1", model="bahdanau", sentences=["ein Mann"]),
+                pb.TranslateRequest(request_id="2", model="bahdanau", sentences=[""])]
+    with pytest.raises(grpc.RpcError) as e:
+        list(cpp.TranslateStream(iter(requests), timeout=60))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sentences[0] is empty" in e.value.details()
+
+
+def test_evaluate_is_left_to_the_python_server(servers):
+    cpp, _, _ = servers
+    with pytest.raises(grpc.RpcError) as e:
+        list(cpp.Evaluate(pb.EvaluateRequest(model="bahdanau", sources=["ein"], references=["a"])))
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "seq2seq serve" in e.value.details()
+
+
+def test_health_and_reflection(servers):
+    _, _, port = servers
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "seq2seq.v1.TranslationService"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"seq2seq.v1.TranslationService", "grpc.health.v1.Health"} <= names
+    channel.close()
+
+
+def test_expired_deadline_and_cancelled_stream(servers):
+    cpp, _, _ = servers
+    with pytest.raises(grpc.RpcError) as e:
+        cpp.Translate(pb.TranslateRequest(model="bahdanau", sentences=SENTENCES), timeout=0.0005)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def endless():
+        i = 0
+        while True:
+            i += 1
+            yield pb.TranslateRequest(request_id=str(i), model="bahdanau", sentences=SENTENCES[:8])
+            time.sleep(0.01)
+
+    stream = cpp.TranslateStream(endless())
+    next(stream)
+    stream.cancel()
+    with pytest.raises(grpc.RpcError) as e:
+        list(stream)
+    assert e.value.code() == grpc.StatusCode.CANCELLED
+    assert cpp.Translate(pb.TranslateRequest(model="bahdanau", sentences=["ein Mann"]), timeout=60).translations
+
+
+def logged(path):
+    return [json.loads(line) for line in open(path) if line.startswith("{")]
+
+
+def test_concurrent_clients_get_what_each_would_get_alone_and_share_batches(exports, tmp_path):
+    log = open(tmp_path / "server.log", "w")
+    proc, port = start_cpp({"m": exports["bahdanau"]}, "--max-delay-ms", "20", stderr=log)
+    try:
+        c = Client(f"127.0.0.1:{port}", timeout=60)
+        alone = [c.translate([s], beam_size=3).translations[0] for s in SENTENCES]
+        got, errors = {}, []
+
+        def call(i):
+            try:
+                got[i] = Client(f"127.0.0.1:{port}", timeout=60).translate([SENTENCES[i]], beam_size=3).translations[0]
+            except grpc.RpcError as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(SENTENCES))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and [got[i] for i in range(len(SENTENCES))] == alone
+    finally:
+        assert stop(proc) == 0
+        log.close()
+    stopped = [e for e in logged(tmp_path / "server.log") if e.get("event") == "stopped"][0]
+    batches = stopped["engine_batches"]["m"]
+    assert batches["sentences"] == 2 * len(SENTENCES)
+    assert batches["batches"] < 2 * len(SENTENCES)  # some concurrent requests shared a batch
+
+
+def test_a_full_queue_is_resource_exhausted(exports):
+    proc, port = start_cpp({"m": exports["luong"]}, "--max-queue", "3")
+    try:
+        c = Client(f"127.0.0.1:{port}")
+        with pytest.raises(grpc.RpcError) as e:
+            c.translate(SENTENCES[:4])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 3" in e.value.details()
+        assert c.translate(SENTENCES[:3]).translations
+        c.close()
+    finally:
+        assert stop(proc) == 0
+
+
+def test_bearer_token(exports):
+    proc, port = start_cpp({"m": exports["luong"]}, "--token", "s3cret")
+    try:
+        for token in ("", "wrong", "s3cret2"):
+            c = Client(f"127.0.0.1:{port}", token=token)
+            with pytest.raises(grpc.RpcError) as e:
+                c.translate(["ein"])
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            c.close()
+        c = Client(f"127.0.0.1:{port}", token="s3cret")
+        assert c.translate(["ein Mann"]).translations
+        c.close()
+    finally:
+        assert stop(proc) == 0
+
+
+def test_tls_with_a_certificate_made_here(exports, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    proc, port = start_cpp({"m": exports["luong"]}, "--tls-cert", cert, "--tls-key", key)
+    try:
+        c = Client(f"localhost:{port}", tls_ca=str(cert))
+        assert c.translate(["ein Mann"]).translations
+        c.close()
+        plain = Client(f"127.0.0.1:{port}", timeout=5)
+        with pytest.raises(grpc.RpcError):
+            plain.translate(["ein"])
+        plain.close()
+    finally:
+        assert stop(proc) == 0
+
+
+def test_sigterm_during_load_loses_no_accepted_request(exports, tmp_path):
+    log = open(tmp_path / "server.log", "w")
+    proc, port = start_cpp({"m": exports["bahdanau"]}, "--grace", "20", stderr=log)
+    want = Client(f"127.0.0.1:{port}").translate(SENTENCES[:16]).translations
+    outcomes, done = [], threading.Event()
+
+    def load():
+        c = Client(f"127.0.0.1:{port}", timeout=30)
+        while not done.is_set():
+            try:
+                outcomes.append(c.translate(SENTENCES[:16]).translations == want)
+            except grpc.RpcError as e:
+                outcomes.append(e.code())
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    break
+        c.close()
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    assert stop(proc) == 0
+    done.set()
+    for t in threads:
+        t.join()
+    log.close()
+    # Every call the server took up (one log line each) was answered, and correctly; calls it
+    # never took up were refused: UNAVAILABLE, or CANCELLED for one that reached it as it stopped.
+    taken = [e for e in logged(tmp_path / "server.log") if e.get("method") == "Translate"]
+    answered = [o for o in outcomes if o is True]
+    refused = [o for o in outcomes if o is not True]
+    assert answered and all(t["status"] == "OK" for t in taken) and len(taken) == len(answered) + 1  # + want
+    assert all(o in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) for o in refused), refused
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--model", "m=/nowhere"], "config.json"), (["--frobnicate", "1"], "unknown option"),
+    (["--port", "http"], "integer"), ([], "--model"), (["--model", "m=X", "--tls-cert", "c.pem"], "--tls-key")])
+def test_bad_command_lines_are_clear_errors(args, words):
+    done = subprocess.run([str(BINARY), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and words in done.stderr, done.stderr
