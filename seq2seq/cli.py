@@ -459,7 +459,8 @@ def cmd_bench_server(args) -> int:
         overhead = loadtest.one_client_overhead(args.model, sentences, args.beam_size, args.overhead_sentences,
                                                 args.threads, args.compute_type, "--workers", str(args.workers),
                                                 binary=binary)
-    print("\n" + loadtest.markdown(rows))
+    print(f"\nserver: {'the C++ front end, ' + binary if binary else 'seq2seq serve (Python)'}")
+    print(loadtest.markdown(rows))
     if overhead:
         o = overhead
         print(f"one client, {o['sentences']} sentences alternating a direct engine call ({args.compute_type}, "
@@ -469,7 +470,7 @@ def cmd_bench_server(args) -> int:
               f"{o['overhead_p50_ms']:+.2f} ms)")
         print(f"  where it goes (means): direct {o['direct_mean_ms']:.2f} ms; the server's Translate handler "
               f"{o['handler_mean_ms']:.2f} ms ({o['handler_mean_ms'] - o['direct_mean_ms']:+.2f}: validation, "
-              f"tokenization, batching, the engine, metrics); the round trip {o['served_mean_ms']:.2f} ms "
+              f"tokenization, batching, the engine{'' if binary else ', metrics'}); the round trip {o['served_mean_ms']:.2f} ms "
               f"({o['served_mean_ms'] - o['handler_mean_ms']:+.2f}: gRPC both ways and the client)")
     by = {(r["max_batch"], r["clients"]): r for r in rows}
     for n in clients:
@@ -478,7 +479,8 @@ def cmd_bench_server(args) -> int:
             print(f"{n} clients: max batch {best} gives {by[(best, n)]['requests_per_s'] / by[(1, n)]['requests_per_s']:.1f}x "
                   "the throughput of max batch 1")
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows, "one_client": overhead}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({"model": args.model, "server": args.server, "rows": rows,
+                                                "one_client": overhead}, indent=1) + "\n")
         print(f"memory through each case: {loadtest.plot_memory(rows, str(Path(args.out).with_suffix('.png')))}")
     return 0
 

@@ -308,8 +308,35 @@ def test_sigterm_during_load_loses_no_accepted_request(exports, tmp_path):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--model", "m=/nowhere"], "config.json"), (["--frobnicate", "1"], "unknown option"),
+    (["--model", "m=/nowhere", "--port", "0"], "config.json"), (["--frobnicate", "1"], "unknown option"),
     (["--port", "http"], "integer"), ([], "--model"), (["--model", "m=X", "--tls-cert", "c.pem"], "--tls-key")])
 def test_bad_command_lines_are_clear_errors(args, words):
     done = subprocess.run([str(BINARY), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and words in done.stderr, done.stderr
+
+
+def test_an_export_it_cannot_tokenize_is_refused_at_start(tmp_path):
+    words = random_export(tmp_path / "w", "luong-dot")  # a word vocabulary
+    done = subprocess.run([str(BINARY), "--model", f"m={words}", "--port", "0"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "SentencePiece" in done.stderr and "word" in done.stderr, done.stderr
+
+
+def test_bench_server_runs_against_it(exports, tmp_path, capsys):
+    from seq2seq.cli import main
+
+    source = tmp_path / "sentences.txt"
+    source.write_text("\n".join(SENTENCES) + "\n")
+    out = tmp_path / "bench.json"
+    assert main(["bench-server", "--server", "cpp", "--model", str(exports["bahdanau"]), "--input", str(source),
+                 "--clients", "4", "--max-batch", "8,1", "--seconds", "2", "--max-requests", "40",
+                 "--overhead-sentences", "10", "--beam-size", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "server: the C++ front end" in printed and "4 clients: max batch 8 gives" in printed
+    result = json.loads(out.read_text())
+    assert result["server"] == "cpp"
+    for r in result["rows"]:
+        assert r["errors"] == {} and 0 < r["requests"] <= 40 and 1 <= r["mean_batch"] <= r["max_batch"]
+    # The handler time comes from the server's per-call log lines and lies inside the round trip.
+    one = result["one_client"]
+    assert 0 < one["handler_mean_ms"] < one["served_mean_ms"]
