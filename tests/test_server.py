@@ -5,7 +5,6 @@ cancellation, the bearer token, TLS, SIGTERM and round robin over two processes.
 import json
 import re
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
@@ -15,11 +14,10 @@ import pytest
 import sacrebleu
 
 from seq2seq.config import DecodingOptions
+from tests.grpc_checks import assert_serving_and_reflected, self_signed_certificate
 from tests.exports import random_export
 
 pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 
 from seq2seq.engine import Engine  # noqa: E402
 from seq2seq.server.app import Server, ServerConfig  # noqa: E402
@@ -164,16 +162,7 @@ def test_a_model_name_is_needed_when_there_are_several(client):
 
 
 def test_health_and_reflection(server):
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "seq2seq.v1.TranslationService"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
-            health_pb2.HealthCheckResponse.SERVING
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-    names = {s.name for s in reply.list_services_response.service}
-    assert {"seq2seq.v1.TranslationService", "grpc.health.v1.Health"} <= names
-    channel.close()
+    assert_serving_and_reflected(server.port)
 
 
 def test_expired_deadline_and_cancelled_stream(server, client):
@@ -354,10 +343,7 @@ def test_bearer_token(exports):
 
 
 def test_tls_with_a_certificate_made_here(exports, tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    key, cert = self_signed_certificate(tmp_path)
     srv = Server(ServerConfig(models={"m": str(exports["luong"])}, port=0, tls_cert=str(cert), tls_key=str(key)))
     try:
         c = Client(f"localhost:{srv.port}", tls_ca=str(cert))

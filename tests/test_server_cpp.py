@@ -13,13 +13,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.grpc_checks import assert_serving_and_reflected, self_signed_certificate
 from tests.exports import random_export, sentencepiece_tokenizer
 
 BINARY = Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-serve"
 pytestmark = pytest.mark.skipif(not BINARY.exists(), reason="seq2seq-serve is not built (make cpp)")
 pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: E402
 
 from seq2seq.server.app import Server, ServerConfig  # noqa: E402
 from seq2seq.server.client import Client, pb, pb_grpc  # noqa: E402
@@ -158,16 +157,7 @@ def test_evaluate_is_left_to_the_python_server(servers):
 
 def test_health_and_reflection(servers):
     _, _, port = servers
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "seq2seq.v1.TranslationService"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
-            health_pb2.HealthCheckResponse.SERVING
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-    names = {s.name for s in reply.list_services_response.service}
-    assert {"seq2seq.v1.TranslationService", "grpc.health.v1.Health"} <= names
-    channel.close()
+    assert_serving_and_reflected(port)
 
 
 def test_expired_deadline_and_cancelled_stream(servers):
@@ -255,10 +245,7 @@ def test_bearer_token(exports):
 
 
 def test_tls_with_a_certificate_made_here(exports, tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    key, cert = self_signed_certificate(tmp_path)
     proc, port = start_cpp({"m": exports["luong"]}, "--tls-cert", cert, "--tls-key", key)
     try:
         c = Client(f"localhost:{port}", tls_ca=str(cert))
