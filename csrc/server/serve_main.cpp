@@ -274,7 +274,11 @@ class Service final : public pb::TranslationService::Service {
     std::thread writer([&, shared] {
       for (;;) {
         std::unique_lock<std::mutex> lock(shared->mu);
-        shared->cv.wait(lock, [&] { return !shared->done.empty() || (!shared->reading && shared->pending == 0); });
+        // Done when reading has ended and nothing is left to send: every call answered, or the
+        // stream failed (an invalid request, a failed write, a cancel), whose other answers are dropped.
+        shared->cv.wait(lock, [&] {
+          return !shared->done.empty() || (!shared->reading && (shared->pending == 0 || !shared->error.ok()));
+        });
         if (shared->done.empty()) return;
         auto call = std::move(shared->done.front());
         shared->done.pop_front();
@@ -285,9 +289,7 @@ class Service final : public pb::TranslationService::Service {
         if (s.ok() && stream->Write(response)) continue;
         lock.lock();
         if (shared->error.ok()) shared->error = s.ok() ? Status(StatusCode::CANCELLED, "the caller went away") : s;
-        shared->reading = false;  // the stream ends with this status; what is still queued is dropped
-        shared->pending = 0;
-        cancelled->store(true);
+        cancelled->store(true);  // the stream ends with this status; what is still queued is dropped
         return;
       }
     });
@@ -312,7 +314,6 @@ class Service final : public pb::TranslationService::Service {
       if (!shared->error.ok() || ctx->IsCancelled()) {  // an invalid request or the caller's cancel ends it now
         cancelled->store(true);
         if (shared->error.ok()) shared->error = Status(StatusCode::CANCELLED, "the call was cancelled");
-        shared->pending = 0;
       }
       shared->reading = false;
       shared->cv.notify_all();
