@@ -325,7 +325,7 @@ def cmd_bench(args) -> int:
           f"torch {torch.__version__}")
     opts = decoding_options(args)
     results = bench.bench(translators, sources, cases, opts)
-    model = (translators.get("python") or translators["cpp"]).model
+    model = (translators.get("python") or first).model
     limit_lines = bench.limits(first.model_cfg, model, sources, results, cases)
     table = bench.markdown(results, cases)
     print("\n" + table + "\n" + "\n".join(limit_lines))

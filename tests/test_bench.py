@@ -64,3 +64,16 @@ def test_bench_command_writes_its_table_and_json(tmp_path, capsys):
     assert "| greedy:1 | cpp float32 |" in printed and "| beam2:2 | python |" in printed
     report = json.loads(out.read_text())
     assert report["sentences"] == 5 and set(report["results"]["beam2:2"]) == {"cpp float32", "cpp int8", "python"}
+
+
+def test_bench_command_runs_the_engine_alone_in_two_compute_types(tmp_path, capsys):
+    from seq2seq.cli import main
+
+    folder = random_export(tmp_path, "gru")
+    text = tmp_path / "in.txt"
+    text.write_text("w5 w6 w7\nw8\nw9 w10\n")
+    assert main(["bench", "--model", str(folder), "--input", str(text), "--cases", "greedy:2", "--backend", "cpp",
+                 "--max-length", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "| greedy:2 | cpp float32 |" in printed and "| greedy:2 | cpp int8 |" in printed
+    assert "python" not in printed.split("\n\n", 1)[1]
