@@ -63,8 +63,12 @@ class Engine {
   const std::string& compute_type() const { return compute_type_; }
 
  private:
-  // A linear layer: float weights, and their int8 packing when compute_type is "int8".
-  struct Dense { at::Tensor w, b; c10::IValue packed; };
+  // A linear layer: its weight transposed to (in, out) in float32, or packed in int8.
+  struct Dense {
+    at::Tensor wt, b;
+    c10::IValue packed;
+    bool defined() const { return wt.defined() || !packed.isNone(); }
+  };
   struct Layer { Dense ih, hh; };
   // Per-sentence tensors computed once by encode; per-row tensors follow the beams.
   struct Source { at::Tensor memory, keys, lengths, context; };
@@ -80,7 +84,7 @@ class Engine {
   std::vector<std::vector<Hypothesis>> beam(const std::vector<std::vector<int64_t>>& sources,
                                             const DecodeOptions& opts) const;
   at::Tensor get(const Weights& w, const std::string& name, std::vector<int64_t> shape) const;
-  Dense dense(at::Tensor w, at::Tensor b = at::Tensor()) const;
+  Dense dense(const at::Tensor& w, at::Tensor b = at::Tensor()) const;
   at::Tensor apply(const Dense& d, const at::Tensor& x) const;
 
   ModelSpec spec_;

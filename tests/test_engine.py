@@ -122,6 +122,25 @@ def test_beam_candidates_op_matches_reference():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+@pytest.mark.parametrize("V", [5, 16, 17, 4003])
+def test_beam_candidates_over_vocabularies_that_fill_16_lanes_or_not(V):
+    # The kernel runs 16 tokens at a time with its own exp; widely spread logits, a row
+    # with a token far below the others and vocabularies with and without a tail check it
+    # against log_softmax in float64.
+    g = torch.Generator().manual_seed(V)
+    group, count = 3, 6
+    logits = torch.randn(2 * group, V, generator=g) * 12
+    logits[0, -1] = -1e4
+    logits[3] = logits[3] - 80  # the same softmax as logits[3]: a shift must not move anything
+    row_scores = -torch.rand(2 * group, generator=g) * 4
+    rule = torch.zeros(2 * group, dtype=torch.int8)
+    args = (logits, row_scores, rule, [], min(3, V - 1), group, min(count, V * group))
+    scores, index = torch.ops.seq2seq.beam_candidates(*args)
+    ref_scores, ref_index = candidates_reference(logits.double(), row_scores.double(), *args[2:])
+    torch.testing.assert_close(scores.double(), ref_scores, atol=2e-6, rtol=0)
+    assert torch.equal(index, ref_index)
+
+
 def test_op_errors_are_clear():
     query, keys, memory, lengths, sentence, v = attention_inputs(True)
     with pytest.raises(Exception, match="keys' last dimension"):
