@@ -425,6 +425,7 @@ def cmd_client(args) -> int:
 
 def cmd_bench_server(args) -> int:
     import json
+    import statistics
 
     from seq2seq.export import load_export
     from seq2seq.server import loadtest
@@ -446,6 +447,8 @@ def cmd_bench_server(args) -> int:
         raise ValueError("--clients, --max-batch and --max-requests must be positive, --seconds > 0")
     if args.overhead_sentences < 0:
         raise ValueError("--overhead-sentences must be >= 0")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, not {args.rounds}")
     binary = ""
     if args.server == "cpp":
         binary = str(Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-serve")
@@ -453,7 +456,7 @@ def cmd_bench_server(args) -> int:
             raise ValueError(f"--server cpp: {binary} is not built; build it with `make cpp`")
     rows = loadtest.bench_server(args.model, sentences, clients, batches, args.seconds, args.max_requests,
                                  args.beam_size, args.threads, args.compute_type, args.workers, args.max_delay_ms,
-                                 binary=binary)
+                                 binary=binary, rounds=args.rounds)
     overhead = None
     if args.overhead_sentences:
         overhead = loadtest.one_client_overhead(args.model, sentences, args.beam_size, args.overhead_sentences,
@@ -472,12 +475,9 @@ def cmd_bench_server(args) -> int:
               f"{o['handler_mean_ms']:.2f} ms ({o['handler_mean_ms'] - o['direct_mean_ms']:+.2f}: validation, "
               f"tokenization, batching, the engine{'' if binary else ', metrics'}); the round trip {o['served_mean_ms']:.2f} ms "
               f"({o['served_mean_ms'] - o['handler_mean_ms']:+.2f}: gRPC both ways and the client)")
-    by = {(r["max_batch"], r["clients"]): r for r in rows}
-    for n in clients:
-        if len(batches) > 1 and (1, n) in by and by[(1, n)]["requests_per_s"]:
-            best = max(b for b in batches)
-            print(f"{n} clients: max batch {best} gives {by[(best, n)]['requests_per_s'] / by[(1, n)]['requests_per_s']:.1f}x "
-                  "the throughput of max batch 1")
+    for n, best, gains in loadtest.batching_gains(rows):
+        each = f" (rounds: {', '.join(f'{g:.1f}x' for g in gains)}; the median)" if len(gains) > 1 else ""
+        print(f"{n} clients: max batch {best} gives {statistics.median(gains):.1f}x the throughput of max batch 1{each}")
     if args.out:
         Path(args.out).write_text(json.dumps({"model": args.model, "server": args.server, "rows": rows,
                                                 "one_client": overhead}, indent=1) + "\n")
@@ -655,6 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", default="1,64", help="comma-separated client counts")
     p.add_argument("--max-batch", default="64,1", help="comma-separated server batch limits to compare")
     p.add_argument("--seconds", type=float, default=60.0, help="per case, at most")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every case this many times, round after round; the batching gain is taken per round")
     p.add_argument("--max-requests", type=int, default=20000, help="per case, at most")
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="the server engine's intra-op threads per batch")

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 
+import itertools
 import json
 import tempfile
 
@@ -141,36 +142,52 @@ def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: in
 
 def bench_server(export: str, sentences: list[str], clients: list[int], batches: list[int], seconds: float,
                  max_requests: int, beam_size: int = 5, threads: int = 1, compute_type: str = "float32",
-                 workers: int = 0, max_delay_ms: float = 3.0, log=print, binary: str = "") -> list[dict]:
+                 workers: int = 0, max_delay_ms: float = 3.0, log=print, binary: str = "", rounds: int = 1) -> list[dict]:
+    """Every (batch, clients) case, ``rounds`` times over: the cases of one round run close in
+    time, so a ratio between them is less moved by a shared machine's drift than the same
+    ratio across rounds."""
     rows = []
-    for batch in batches:
-        for n in clients:
-            server_log = tempfile.TemporaryFile("w+")
-            proc, port, metrics_port = start_server(
-                export, "--max-batch", str(batch), "--max-queue", "100000", "--threads", str(threads),
-                "--workers", str(workers), "--max-delay-ms", str(max_delay_ms), "--compute-type", compute_type,
-                *metrics_args(binary), binary=binary, stderr=server_log)
-            try:
-                Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
-                before = engine_batches(metrics_port) if not binary else (0, 0)
-                with MemorySampler(proc.pid, every=1.0) as memory:
-                    r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
-                after = engine_batches(metrics_port) if not binary else None
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
-            if binary:  # the C++ server counts its batches up to its end, the warm-up's among them
-                after = next(e["engine_batches"]["m"] for e in log_events(server_log) if e.get("event") == "stopped")
-                after = (after["batches"], after["sentences"])
-            server_log.close()
-            mib = [(t, round(m, 1)) for t, m in memory.samples]
-            r.update(max_batch=batch, clients=n, server_mib_start=mib[0][1],
-                     server_mib_peak=max(m for _, m in mib), server_mib_end=mib[-1][1], server_mib=mib,
-                     mean_batch=(after[1] - before[1]) / max(after[0] - before[0], 1))
-            rows.append(r)
-            log(f"max batch {batch:3} clients {n:3}: {r['requests']:6} requests, {r['requests_per_s']:7.1f}/s, "
-                f"p50 {r['p50_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, errors {sum(r['errors'].values())}")
+    for round_, batch, n in itertools.product(range(1, rounds + 1), batches, clients):
+        server_log = tempfile.TemporaryFile("w+")
+        proc, port, metrics_port = start_server(
+            export, "--max-batch", str(batch), "--max-queue", "100000", "--threads", str(threads),
+            "--workers", str(workers), "--max-delay-ms", str(max_delay_ms), "--compute-type", compute_type,
+            *metrics_args(binary), binary=binary, stderr=server_log)
+        try:
+            Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
+            before = engine_batches(metrics_port) if not binary else (0, 0)
+            with MemorySampler(proc.pid, every=1.0) as memory:
+                r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
+            after = engine_batches(metrics_port) if not binary else None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        if binary:  # the C++ server counts its batches up to its end, the warm-up's among them
+            after = next(e["engine_batches"]["m"] for e in log_events(server_log) if e.get("event") == "stopped")
+            after = (after["batches"], after["sentences"])
+        server_log.close()
+        mib = [(t, round(m, 1)) for t, m in memory.samples]
+        r.update(round=round_, max_batch=batch, clients=n, server_mib_start=mib[0][1],
+                 server_mib_peak=max(m for _, m in mib), server_mib_end=mib[-1][1], server_mib=mib,
+                 mean_batch=(after[1] - before[1]) / max(after[0] - before[0], 1))
+        rows.append(r)
+        log(f"{f'round {round_}: ' if rounds > 1 else ''}max batch {batch:3} clients {n:3}: {r['requests']:6} requests, "
+            f"{r['requests_per_s']:7.1f}/s, p50 {r['p50_ms']:7.1f} ms, p99 {r['p99_ms']:7.1f} ms, errors {sum(r['errors'].values())}")
     return rows
+
+
+def batching_gains(rows: list[dict]) -> list[tuple[int, int, list[float]]]:
+    """(clients, largest max batch, [its throughput over max batch 1's, per round]) for every
+    client count measured at max batch 1 and at a larger one."""
+    by = {(r.get("round", 1), r["max_batch"], r["clients"]): r["requests_per_s"] for r in rows}
+    best = max(r["max_batch"] for r in rows)
+    gains = []
+    for n in dict.fromkeys(r["clients"] for r in rows):
+        per_round = [by[(k, best, n)] / by[(k, 1, n)] for k in sorted({r.get("round", 1) for r in rows})
+                     if by.get((k, 1, n)) and (k, best, n) in by]
+        if best > 1 and per_round:
+            gains.append((n, best, per_round))
+    return gains
 
 
 def metrics_args(binary: str) -> list[str]:
@@ -203,12 +220,13 @@ def engine_batches(metrics_port: int) -> tuple[float, float]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| max batch | clients | requests | requests/s | p50 ms | p90 ms | p99 ms | errors | mean batch | "
-             "server MiB: start, peak, end |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rounds = max(r.get("round", 1) for r in rows) > 1
+    lines = [("| round " if rounds else "") + "| max batch | clients | requests | requests/s | p50 ms | p90 ms | p99 ms | "
+             "errors | mean batch | server MiB: start, peak, end |",
+             ("|---:" if rounds else "") + "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
-        lines.append(f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
+        lines.append((f"| {r['round']} " if rounds else "") + f"| {r['max_batch']} | {r['clients']} | {r['requests']} | {r['requests_per_s']:.1f} | "
                      f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {errors} | {r['mean_batch']:.1f} | "
                      f"{r['server_mib_start']:.0f}, {r['server_mib_peak']:.0f}, {r['server_mib_end']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -218,7 +236,8 @@ def plot_memory(rows: list[dict], path: str) -> str:
     """The server's resident memory through each case, one line per case."""
     from seq2seq.plots import plot_lines
 
-    series = {f"max batch {r['max_batch']}, {r['clients']} clients": ([t for t, _ in r["server_mib"]],
+    rounds = max(r.get("round", 1) for r in rows) > 1
+    series = {f"{'round %d, ' % r['round'] if rounds else ''}max batch {r['max_batch']}, {r['clients']} clients": ([t for t, _ in r["server_mib"]],
                                                                       [m for _, m in r["server_mib"]]) for r in rows}
     return str(plot_lines(series, "seconds into the case", "server resident memory, MiB", path,
                           "seq2seq serve under load"))

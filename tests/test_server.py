@@ -494,3 +494,37 @@ def test_bench_server_prints_its_table_and_the_one_client_overhead(exports, tmp_
     # The server's own handler time (from its metrics) lies inside the client's round trip.
     assert 0 < one["handler_mean_ms"] < one["served_mean_ms"] and "where it goes (means)" in printed
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_batching_gains_are_taken_within_each_round():
+    from seq2seq.server.loadtest import batching_gains
+
+    rows = [{"round": 1, "max_batch": 64, "clients": 64, "requests_per_s": 400.0},
+            {"round": 1, "max_batch": 1, "clients": 64, "requests_per_s": 100.0},
+            {"round": 2, "max_batch": 64, "clients": 64, "requests_per_s": 300.0},
+            {"round": 2, "max_batch": 1, "clients": 64, "requests_per_s": 50.0},
+            {"round": 1, "max_batch": 64, "clients": 1, "requests_per_s": 10.0}]  # no batch-1 pair: left out
+    assert batching_gains(rows) == [(64, 64, [4.0, 6.0])]
+    assert batching_gains([{"max_batch": 8, "clients": 4, "requests_per_s": 30.0},
+                           {"max_batch": 1, "clients": 4, "requests_per_s": 20.0}]) == [(4, 8, [1.5])]
+
+
+def test_bench_server_rounds_repeat_every_case(exports, tmp_path, capsys):
+    from seq2seq.cli import main
+
+    source = tmp_path / "sentences.txt"
+    source.write_text("\n".join(SENTENCES[:10]) + "\n")
+    out = tmp_path / "bench.json"
+    assert main(["bench-server", "--model", str(exports["bahdanau"]), "--input", str(source), "--clients", "3",
+                 "--max-batch", "4,1", "--seconds", "1", "--max-requests", "15", "--overhead-sentences", "0",
+                 "--beam-size", "1", "--rounds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["round"], r["max_batch"]) for r in rows] == [(1, 4), (1, 1), (2, 4), (2, 1)]
+    assert "| round | max batch |" in printed and printed.count("\n| 2 | ") == 2
+    gains = [r["requests_per_s"] for r in rows]
+    expected = sorted([gains[0] / gains[1], gains[2] / gains[3]])
+    assert f"3 clients: max batch 4 gives {sum(expected) / 2:.1f}x" in printed
+    assert f"(rounds: {gains[0] / gains[1]:.1f}x, {gains[2] / gains[3]:.1f}x; the median)" in printed
+    assert main(["bench-server", "--model", str(exports["bahdanau"]), "--input", str(source), "--rounds", "0"]) == 2
+    assert "--rounds must be at least 1, not 0" in capsys.readouterr().err
