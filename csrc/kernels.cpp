@@ -37,6 +37,9 @@ inline float tanh_rational(float x) {
 // 16 floats, as one AVX-512 register (two AVX2 ones on a machine without it): GCC's vector
 // extensions, so that the row loops below run 16 lanes at a time whatever the compiler's
 // own vectorizer decides.
+// Without AVX-512 (SEQ2SEQ_PORTABLE=1) GCC warns that passing these by value has another ABI;
+// every function taking them is internal to this file, so no ABI is crossed.
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
