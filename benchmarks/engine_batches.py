@@ -3,7 +3,7 @@ sentences: the batches a server forms, where `seq2seq bench` takes the corpus in
 
     python benchmarks/engine_batches.py runs/demo/export --cases greedy:1,greedy:21,beam5:1,beam5:21
 
-Each case decodes the same sentences (drawn with a fixed seed) in --rounds rounds and
+Each case decodes the same sentences (drawn with the case's name as seed) in --rounds rounds and
 prints the median and every round. To compare two versions of the engine, build the other
 one in a worktree and put it first on the path, alternating runs on a noisy machine:
 
@@ -49,11 +49,13 @@ def main() -> int:
     split = args.split or ("test_2016_flickr" if engine.data_cfg.corpus == "multi30k" else "test")
     sources = [ids for ids in (engine.encode(s) for s, _ in load_dataset(engine.data_cfg, [split]).splits[split])
                if ids]
+    if not sources:
+        raise SystemExit(f"{split}: no sentences to translate")
     print(f"seq2seq from {seq2seq.__path__[0]}; {len(sources)} sentences of {split}; {args.threads} thread(s), "
           f"{args.compute_type}")
     print("| case | sentences/s (median) | rounds |\n|---|---:|---|")
-    rng = random.Random(0)
     for case in cases:
+        rng = random.Random(case.name)  # the same mix for a case whatever else --cases holds
         batch = case.batch
         count = 200 if batch == 1 else max(8 * batch, 256)
         mix = [sources[rng.randrange(len(sources))] for _ in range(count)]

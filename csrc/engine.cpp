@@ -72,14 +72,18 @@ void validate_options(const DecodeOptions& o) {
   check(o.max_length_extra >= 0, "max_length_extra must be >= 0");
 }
 
-at::Tensor Engine::get(const Weights& w, const std::string& name, std::vector<int64_t> shape) const {
+at::Tensor Engine::get(const Weights& w, const std::string& name, std::vector<int64_t> shape, bool any_layout) const {
   auto it = w.find(name);
   check(it != w.end(), "missing tensor " + name);
   const at::Tensor& t = it->second;
   check(t.scalar_type() == at::kFloat, "tensor " + name + " must be float32");
   check(t.sizes() == at::IntArrayRef(shape),
         "tensor " + name + " has shape " + shape_str(t.sizes()) + ", the model needs " + shape_str(shape));
-  return t.contiguous();
+  return any_layout ? t : t.contiguous();
+}
+
+at::Tensor Engine::matrix(const Weights& w, const std::string& name, std::vector<int64_t> shape) const {
+  return get(w, name, std::move(shape), /*any_layout=*/true);
 }
 
 Engine::Dense Engine::dense(const at::Tensor& w, at::Tensor b) const {
@@ -90,7 +94,7 @@ Engine::Dense Engine::dense(const at::Tensor& w, at::Tensor b) const {
     // (in, out) in memory: MKL multiplies a batch by it directly, where the (out, in) layout
     // of nn.Linear makes it copy the whole matrix into its own layout at every call (up to
     // 40% of a batched decoding step). A lone row takes the same matrix-vector path either way.
-    d.wt = w.t().contiguous();
+    d.wt = w.t().contiguous();  // no copy when the caller hands the matrix over transposed in memory
   }
   return d;
 }
@@ -141,25 +145,25 @@ Engine::Engine(ModelSpec spec, const Weights& w, int64_t threads, const std::str
   for (int64_t l = 0; l < s.layers; ++l) {
     const std::string sfx = "_l" + std::to_string(l);
     const int64_t in = l == 0 ? E + feed : H;
-    dec_.push_back({dense(get(w, "rnn.weight_ih" + sfx, {gates * H, in}), get(w, "rnn.bias_ih" + sfx, {gates * H})),
-                    dense(get(w, "rnn.weight_hh" + sfx, {gates * H, H}), get(w, "rnn.bias_hh" + sfx, {gates * H}))});
+    dec_.push_back({dense(matrix(w, "rnn.weight_ih" + sfx, {gates * H, in}), get(w, "rnn.bias_ih" + sfx, {gates * H})),
+                    dense(matrix(w, "rnn.weight_hh" + sfx, {gates * H, H}), get(w, "rnn.bias_hh" + sfx, {gates * H}))});
   }
   int64_t out_in = H;
   if (s.family == "rnn") out_in = H + (s.context_feed ? H : 0);
   else if (!luong_) out_in = 2 * H + E;
-  out_ = dense(get(w, "out.weight", {s.tgt_vocab, out_in}), get(w, "out.bias", {s.tgt_vocab}));
+  out_ = dense(matrix(w, "out.weight", {s.tgt_vocab, out_in}), get(w, "out.bias", {s.tgt_vocab}));
   if (attn) {
     const std::string score = additive_ ? "additive" : s.attention;
     if (additive_) {
       const int64_t A = s.attention_dim;
       check(A > 0, "attention_dim must be positive");
       key_w_ = get(w, "attn.key_proj.weight", {A, H});
-      query_ = dense(get(w, "attn.query_proj.weight", {A, H}), get(w, "attn.query_proj.bias", {A}));
+      query_ = dense(matrix(w, "attn.query_proj.weight", {A, H}), get(w, "attn.query_proj.bias", {A}));
       v_ = get(w, "attn.v.weight", {1, A}).view({A});
     } else if (s.attention == "general") {
       key_w_ = get(w, "attn.key_proj.weight", {H, H});
     }
-    if (luong_) combine_ = dense(get(w, "combine.weight", {H, 2 * H}));
+    if (luong_) combine_ = dense(matrix(w, "combine.weight", {H, 2 * H}));
   }
   // Anything else in the weights means they belong to a different model.
   size_t used = 2 + enc_params_.size() + 4 * dec_.size() + 2 + (key_w_.defined() ? 1 : 0) +

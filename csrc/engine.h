@@ -83,7 +83,9 @@ class Engine {
                                               const DecodeOptions& opts) const;
   std::vector<std::vector<Hypothesis>> beam(const std::vector<std::vector<int64_t>>& sources,
                                             const DecodeOptions& opts) const;
-  at::Tensor get(const Weights& w, const std::string& name, std::vector<int64_t> shape) const;
+  at::Tensor get(const Weights& w, const std::string& name, std::vector<int64_t> shape, bool any_layout = false) const;
+  // A matrix for dense(), in whatever memory layout it came.
+  at::Tensor matrix(const Weights& w, const std::string& name, std::vector<int64_t> shape) const;
   Dense dense(const at::Tensor& w, at::Tensor b = at::Tensor()) const;
   at::Tensor apply(const Dense& d, const at::Tensor& x) const;
 

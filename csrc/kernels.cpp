@@ -51,10 +51,11 @@ inline f32x16 load16(const float* x) {
 }
 
 // exp(x) for x <= 0, within 2 float ulp of std::exp: Cephes' polynomial on x - n ln 2,
-// scaled by 2^n. Below -87 it gives 2^-126 where exp gives less: next to exp(0) = 1 in a
-// softmax sum that is nothing.
+// scaled by 2^n. Below -87 (-inf included) it gives exp(-87), about 1.6e-38, where exp
+// gives less: next to exp(0) = 1 in a softmax sum that is nothing, and the clamp keeps n
+// where 2^n is a normal float.
 inline f32x16 exp_nonpositive(f32x16 x) {
-  const f32x16 lowest = x - x - 87.0f;
+  const f32x16 lowest = f32x16{} - 87.0f;
   x = x < lowest ? lowest : x;
   // n = round(x / ln 2): adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
   const f32x16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;

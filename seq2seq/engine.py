@@ -64,6 +64,11 @@ class Engine(TextTranslator):
         for name in ("family", "cell", "attention", "src_vocab", "tgt_vocab", "emb_dim", "hidden", "layers",
                      "attention_dim", "bidirectional", "context_feed", "input_feed"):
             setattr(spec, name, getattr(cfg, name))
+        if compute_type == "float32":
+            # The engine multiplies by its matrices transposed, (in, out) in memory: handed over
+            # in that layout, it shares their storage with the export instead of copying each.
+            exp.tensors = {k: v.t().contiguous().t() if decoder_step_matrix(k, v) else v
+                           for k, v in exp.tensors.items()}
         self._engine = _C.Engine(spec, exp.tensors, threads, compute_type)
         self.export, self.model_cfg, self.data_cfg, self.tokenizer = exp, cfg, exp.data_cfg, exp.tokenizer
         self.compute_type, self.threads, self.max_source_tokens = compute_type, threads, max_source_tokens

@@ -131,14 +131,29 @@ def test_beam_candidates_over_vocabularies_that_fill_16_lanes_or_not(V):
     group, count = 3, 6
     logits = torch.randn(2 * group, V, generator=g) * 12
     logits[0, -1] = -1e4
+    logits[1, 0] = logits[2, -1] = float("-inf")  # masked tokens, in a full block of 16 and in the tail
     logits[3] = logits[3] - 80  # the same softmax as logits[3]: a shift must not move anything
     row_scores = -torch.rand(2 * group, generator=g) * 4
     rule = torch.zeros(2 * group, dtype=torch.int8)
     args = (logits, row_scores, rule, [], min(3, V - 1), group, min(count, V * group))
     scores, index = torch.ops.seq2seq.beam_candidates(*args)
     ref_scores, ref_index = candidates_reference(logits.double(), row_scores.double(), *args[2:])
-    torch.testing.assert_close(scores.double(), ref_scores, atol=2e-6, rtol=0)
+    torch.testing.assert_close(scores.double(), ref_scores, atol=1e-5, rtol=0)
     assert torch.equal(index, ref_index)
+    assert torch.isfinite(scores).all()
+
+
+def test_beam_candidates_tie_in_a_later_row_wins_by_its_lower_token():
+    # Two beams with the same scores, one the other's tokens shifted by a block of 16: the
+    # later beam's best token has the lower id and ties the list's only entry exactly, so
+    # the 16-token filter must let an equal value through to the tie rule.
+    logits = torch.full((2, 48), -200.0)
+    logits[0, 20], logits[0, 30] = 0.0, -1.0
+    logits[1] = logits[0].roll(-16)
+    args = (logits, torch.zeros(2), torch.zeros(2, dtype=torch.int8), [], 47, 2, 1)
+    scores, index = torch.ops.seq2seq.beam_candidates(*args)
+    assert index.tolist() == [[4 * 2 + 1]] and candidates_reference(*args)[1].tolist() == [[4 * 2 + 1]]
+    torch.testing.assert_close(scores, candidates_reference(*args)[0], atol=1e-6, rtol=0)
 
 
 def test_op_errors_are_clear():
@@ -198,6 +213,25 @@ def test_text_translation_and_empty_lines(exports):
     a, b = engine.translate(lines, DecodingOptions(beam_size=3)), reference.translate(lines, DecodingOptions(beam_size=3))
     assert [x[0].text for x in a] == [x[0].text for x in b]
     assert a[1][0].text == "" and a[1][0].tokens == []
+
+
+@pytest.mark.parametrize("family", ["bahdanau", "lstm", "luong-general"])
+def test_matrices_in_either_memory_layout_give_the_same_translations(exports, family, monkeypatch):
+    # Engine hands the decoder's matrices over transposed in memory, so that the C++ engine
+    # shares them; given in nn.Linear's own layout it must copy them and decode the same.
+    sources, opts = random_sources(8, seed=3), DecodingOptions(beam_size=3, n_best=2)
+    shared = Engine(exports[family])
+    assert shared.export.tensors["out.weight"].t().is_contiguous()
+    monkeypatch.setattr("seq2seq.engine.decoder_step_matrix", lambda name, tensor: False)
+    copied = Engine(exports[family])
+    assert copied.export.tensors["out.weight"].is_contiguous()
+    a, b = shared.translate_ids(sources, opts), copied.translate_ids(sources, opts)
+    assert [[(h.tokens, h.score) for h in n] for n in a] == [[(h.tokens, h.score) for h in n] for n in b]
+    # Shared means one copy of the weights: the engine sees a change made through the export.
+    for engine, sees_it in ((shared, True), (copied, False)):
+        engine.export.tensors["out.weight"].zero_()
+        after = engine.translate_ids(sources, opts)
+        assert ([[h.score for h in n] for n in after] != [[h.score for h in n] for n in a]) == sees_it
 
 
 def test_many_threads_share_one_engine(exports):
