@@ -219,8 +219,12 @@ def engine_batches(metrics_port: int) -> tuple[float, float]:
     return metric_totals(metrics_port, "seq2seq_batch_sentences")
 
 
+def several_rounds(rows: list[dict]) -> bool:
+    return max(r.get("round", 1) for r in rows) > 1
+
+
 def markdown(rows: list[dict]) -> str:
-    rounds = max(r.get("round", 1) for r in rows) > 1
+    rounds = several_rounds(rows)
     lines = [("| round " if rounds else "") + "| max batch | clients | requests | requests/s | p50 ms | p90 ms | p99 ms | "
              "errors | mean batch | server MiB: start, peak, end |",
              ("|---:" if rounds else "") + "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -236,7 +240,7 @@ def plot_memory(rows: list[dict], path: str) -> str:
     """The server's resident memory through each case, one line per case."""
     from seq2seq.plots import plot_lines
 
-    rounds = max(r.get("round", 1) for r in rows) > 1
+    rounds = several_rounds(rows)
     series = {f"{'round %d, ' % r['round'] if rounds else ''}max batch {r['max_batch']}, {r['clients']} clients": ([t for t, _ in r["server_mib"]],
                                                                       [m for _, m in r["server_mib"]]) for r in rows}
     return str(plot_lines(series, "seconds into the case", "server resident memory, MiB", path,

@@ -471,15 +471,21 @@ def test_an_evaluate_job_spread_over_two_servers_scores_the_whole_corpus(server,
         second.stop(grace=1)
 
 
-def test_bench_server_prints_its_table_and_the_one_client_overhead(exports, tmp_path, capsys):
+def bench_server(exports, tmp_path, sentences: int, *args: str) -> int:
+    """`seq2seq bench-server` on the bahdanau export, the first ``sentences`` of SENTENCES as
+    its input, its JSON written to tmp_path/bench.json."""
     from seq2seq.cli import main
 
     source = tmp_path / "sentences.txt"
-    source.write_text("\n".join(SENTENCES[:20]) + "\n")
+    source.write_text("\n".join(SENTENCES[:sentences]) + "\n")
+    return main(["bench-server", "--model", str(exports["bahdanau"]), "--input", str(source), *args,
+                 "--out", str(tmp_path / "bench.json")])
+
+
+def test_bench_server_prints_its_table_and_the_one_client_overhead(exports, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench-server", "--model", str(exports["bahdanau"]), "--input", str(source), "--clients", "1,4",
-                 "--max-batch", "8,1", "--seconds", "2", "--max-requests", "40", "--overhead-sentences", "10",
-                 "--beam-size", "2", "--out", str(out)]) == 0
+    assert bench_server(exports, tmp_path, 20, "--clients", "1,4", "--max-batch", "8,1", "--seconds", "2",
+                        "--max-requests", "40", "--overhead-sentences", "10", "--beam-size", "2") == 0
     printed = capsys.readouterr().out
     assert printed.count("\n| 8 |") == 2 and printed.count("\n| 1 |") == 2
     assert "4 clients: max batch 8 gives" in printed and "one client, 10 sentences alternating" in printed
@@ -510,14 +516,9 @@ def test_batching_gains_are_taken_within_each_round():
 
 
 def test_bench_server_rounds_repeat_every_case(exports, tmp_path, capsys):
-    from seq2seq.cli import main
-
-    source = tmp_path / "sentences.txt"
-    source.write_text("\n".join(SENTENCES[:10]) + "\n")
     out = tmp_path / "bench.json"
-    assert main(["bench-server", "--model", str(exports["bahdanau"]), "--input", str(source), "--clients", "3",
-                 "--max-batch", "4,1", "--seconds", "1", "--max-requests", "15", "--overhead-sentences", "0",
-                 "--beam-size", "1", "--rounds", "2", "--out", str(out)]) == 0
+    assert bench_server(exports, tmp_path, 10, "--clients", "3", "--max-batch", "4,1", "--seconds", "1",
+                        "--max-requests", "15", "--overhead-sentences", "0", "--beam-size", "1", "--rounds", "2") == 0
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert [(r["round"], r["max_batch"]) for r in rows] == [(1, 4), (1, 1), (2, 4), (2, 1)]
@@ -526,5 +527,5 @@ def test_bench_server_rounds_repeat_every_case(exports, tmp_path, capsys):
     expected = sorted([gains[0] / gains[1], gains[2] / gains[3]])
     assert f"3 clients: max batch 4 gives {sum(expected) / 2:.1f}x" in printed
     assert f"(rounds: {gains[0] / gains[1]:.1f}x, {gains[2] / gains[3]:.1f}x; the median)" in printed
-    assert main(["bench-server", "--model", str(exports["bahdanau"]), "--input", str(source), "--rounds", "0"]) == 2
+    assert bench_server(exports, tmp_path, 10, "--rounds", "0") == 2
     assert "--rounds must be at least 1, not 0" in capsys.readouterr().err
