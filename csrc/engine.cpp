@@ -87,7 +87,7 @@ at::Tensor Engine::matrix(const Weights& w, const std::string& name, std::vector
 }
 
 Engine::Dense Engine::dense(const at::Tensor& w, at::Tensor b) const {
-  Dense d{at::Tensor(), std::move(b), c10::IValue()};
+  Dense d{at::Tensor(), std::move(b), at::Tensor(), c10::IValue()};
   if (int8_) {
     d.packed = pack_int8(w, d.b.defined() ? std::optional<at::Tensor>(d.b) : std::nullopt);
   } else {
@@ -95,12 +95,18 @@ Engine::Dense Engine::dense(const at::Tensor& w, at::Tensor b) const {
     // of nn.Linear makes it copy the whole matrix into its own layout at every call (up to
     // 40% of a batched decoding step). A lone row takes the same matrix-vector path either way.
     d.wt = w.t().contiguous();  // no copy when the caller hands the matrix over transposed in memory
+    d.onednn = pack_onednn(w);
   }
   return d;
 }
 
 at::Tensor Engine::apply(const Dense& d, const at::Tensor& x) const {
   if (int8_) return linear_int8(x, d.packed);
+  // oneDNN costs about 10 us a call more than MKL, which a lone row or a small product
+  // does not earn back (measured per layer shape: docs/engine.md).
+  const int64_t rows = x.size(0);
+  if (d.onednn.defined() && rows >= 2 && rows * d.wt.size(0) * d.wt.size(1) >= (int64_t{1} << 19))
+    return linear_onednn(x, d.onednn, d.b);
   return d.b.defined() ? at::addmm(d.b, x, d.wt) : at::mm(x, d.wt);
 }
 

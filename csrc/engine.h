@@ -63,9 +63,10 @@ class Engine {
   const std::string& compute_type() const { return compute_type_; }
 
  private:
-  // A linear layer: its weight transposed to (in, out) in float32, or packed in int8.
+  // A linear layer: its weight transposed to (in, out) in float32 (and packed for oneDNN,
+  // for products of several rows), or packed in int8.
   struct Dense {
-    at::Tensor wt, b;
+    at::Tensor wt, b, onednn;
     c10::IValue packed;
     bool defined() const { return wt.defined() || !packed.isNone(); }
   };

@@ -282,6 +282,28 @@ c10::OperatorHandle quantized_op(const char* name) {
   }
 }
 
+std::optional<c10::OperatorHandle> onednn_op(const char* name) {
+  if (!at::hasMKLDNN()) return std::nullopt;
+  return c10::Dispatcher::singleton().findOp(c10::OperatorName(name, ""));
+}
+
+at::Tensor pack_onednn(const at::Tensor& weight) {
+  check_float(weight, "weight", 2);
+  static const auto reorder = onednn_op("mkldnn::_reorder_linear_weight");
+  if (!reorder || !onednn_op("mkldnn::_linear_pointwise")) return at::Tensor();
+  torch::jit::Stack stack{weight.contiguous(), c10::IValue()};
+  reorder->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+at::Tensor linear_onednn(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias) {
+  static const auto linear = onednn_op("mkldnn::_linear_pointwise");
+  torch::jit::Stack stack{x.contiguous(), packed, bias.defined() ? c10::IValue(bias) : c10::IValue(),
+                          std::string("none"), c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+  linear->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
 c10::IValue pack_int8(const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_float(weight, "weight", 2);
   static const auto prepack = quantized_op("quantized::linear_prepack");

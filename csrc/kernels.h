@@ -31,6 +31,15 @@ std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, con
                                                    const at::Tensor& eos_rule, at::IntArrayRef banned,
                                                    int64_t eos, int64_t group, int64_t count);
 
+// float32 weights (out, in) packed for oneDNN's matrix multiplication
+// (mkldnn::_reorder_linear_weight), or an undefined tensor where this torch build has no
+// oneDNN. Products of a few rows or more run two to four times faster through it than
+// through MKL's sgemm on CPUs where MKL takes its AVX2 path (AMD's).
+at::Tensor pack_onednn(const at::Tensor& weight);
+
+// x @ weight.T + bias (bias may be undefined) with weights from pack_onednn.
+at::Tensor linear_onednn(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias);
+
 // int8 weights for compute_type "int8": each output channel (row) of `weight` quantized
 // symmetrically to -127..127 with its own scale (max |w| / 127), packed for
 // quantized::linear_dynamic (FBGEMM, which uses the CPU's int8 dot-product instructions).

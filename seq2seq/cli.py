@@ -454,15 +454,21 @@ def cmd_bench_server(args) -> int:
         binary = str(Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-serve")
         if not Path(binary).exists():
             raise ValueError(f"--server cpp: {binary} is not built; build it with `make cpp`")
+    loadgen = ""
+    if args.load_generator == "cpp":
+        loadgen = str(Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-loadgen")
+        if not Path(loadgen).exists():
+            raise ValueError(f"--load-generator cpp: {loadgen} is not built; build it with `make cpp`")
     rows = loadtest.bench_server(args.model, sentences, clients, batches, args.seconds, args.max_requests,
                                  args.beam_size, args.threads, args.compute_type, args.workers, args.max_delay_ms,
-                                 binary=binary, rounds=args.rounds)
+                                 binary=binary, rounds=args.rounds, loadgen=loadgen)
     overhead = None
     if args.overhead_sentences:
         overhead = loadtest.one_client_overhead(args.model, sentences, args.beam_size, args.overhead_sentences,
                                                 args.threads, args.compute_type, "--workers", str(args.workers),
                                                 binary=binary)
-    print(f"\nserver: {'the C++ front end, ' + binary if binary else 'seq2seq serve (Python)'}")
+    print(f"\nserver: {'the C++ front end, ' + binary if binary else 'seq2seq serve (Python)'}; clients: "
+          f"{'the C++ load generator, ' + loadgen if loadgen else 'Python threads'}")
     print(loadtest.markdown(rows))
     if overhead:
         o = overhead
@@ -479,7 +485,8 @@ def cmd_bench_server(args) -> int:
         each = f" (rounds: {', '.join(f'{g:.1f}x' for g in gains)}; the median)" if len(gains) > 1 else ""
         print(f"{n} clients: max batch {best} gives {statistics.median(gains):.1f}x the throughput of max batch 1{each}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": args.model, "server": args.server, "rows": rows,
+        Path(args.out).write_text(json.dumps({"model": args.model, "server": args.server,
+                                                "load_generator": args.load_generator, "rows": rows,
                                                 "one_client": overhead}, indent=1) + "\n")
         print(f"memory through each case: {loadtest.plot_memory(rows, str(Path(args.out).with_suffix('.png')))}")
     return 0
@@ -665,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-type", default="float32", help="the server engine's: float32 or int8")
     p.add_argument("--server", choices=("python", "cpp"), default="python",
                    help="python: seq2seq serve; cpp: the C++ front end build/cmake/seq2seq-serve (make cpp)")
+    p.add_argument("--load-generator", choices=("python", "cpp"), default="python",
+                   help="the clients: Python threads, or build/cmake/seq2seq-loadgen's (make cpp), which take "
+                        "less of the CPU the server shares with them")
     p.add_argument("--overhead-sentences", type=int, default=300,
                    help="one client alternating direct and served calls over this many sentences (0: skip)")
     p.add_argument("--out", help="write the rows here as JSON")

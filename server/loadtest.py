@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 
+import functools
 import itertools
 import json
 import tempfile
@@ -92,6 +93,22 @@ def run_load(target: str, sentences: list[str], clients: int, seconds: float, ma
             "p99_ms": 1000 * percentile(latencies, 0.99), "errors": errors}
 
 
+def run_load_cpp(loadgen: str, target: str, sentences: list[str], clients: int, seconds: float, max_requests: int,
+                 beam_size: int) -> dict:
+    """run_load's figures from the C++ load generator ``loadgen`` (seq2seq-loadgen): the same
+    calls, each client a thread of a native process, costing the shared CPU less per call."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+        f.write("".join(s.replace("\n", " ") + "\n" for s in sentences))
+        f.flush()
+        done = subprocess.run([loadgen, "--target", target, "--sentences", f.name, "--clients", str(clients),
+                               "--seconds", str(seconds), "--max-requests", str(max_requests),
+                               "--beam-size", str(beam_size)], capture_output=True, text=True,
+                              timeout=seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"{loadgen} failed ({done.returncode}): {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
 def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: int = 300, threads: int = 1,
                         compute_type: str = "float32", *server_args: str, binary: str = "") -> dict:
     """What a Translate call costs over a direct engine call with the server's settings.
@@ -142,10 +159,11 @@ def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: in
 
 def bench_server(export: str, sentences: list[str], clients: list[int], batches: list[int], seconds: float,
                  max_requests: int, beam_size: int = 5, threads: int = 1, compute_type: str = "float32",
-                 workers: int = 0, max_delay_ms: float = 3.0, log=print, binary: str = "", rounds: int = 1) -> list[dict]:
+                 workers: int = 0, max_delay_ms: float = 3.0, log=print, binary: str = "", rounds: int = 1,
+                 loadgen: str = "") -> list[dict]:
     """Every (batch, clients) case, ``rounds`` times over: the cases of one round run close in
     time, so a ratio between them is less moved by a shared machine's drift than the same
-    ratio across rounds."""
+    ratio across rounds. The clients are Python threads, or the C++ ``loadgen``'s."""
     rows = []
     for round_, batch, n in itertools.product(range(1, rounds + 1), batches, clients):
         server_log = tempfile.TemporaryFile("w+")
@@ -157,7 +175,8 @@ def bench_server(export: str, sentences: list[str], clients: list[int], batches:
             Client(f"127.0.0.1:{port}").translate(sentences[:4], beam_size=beam_size)  # warm-up
             before = engine_batches(metrics_port) if not binary else (0, 0)
             with MemorySampler(proc.pid, every=1.0) as memory:
-                r = run_load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
+                load = functools.partial(run_load_cpp, loadgen) if loadgen else run_load
+                r = load(f"127.0.0.1:{port}", sentences, n, seconds, max_requests, beam_size)
             after = engine_batches(metrics_port) if not binary else None
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -156,6 +156,21 @@ def test_beam_candidates_tie_in_a_later_row_wins_by_its_lower_token():
     torch.testing.assert_close(scores, candidates_reference(*args)[0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("rows,inputs,outputs", [(2, 640, 4000), (5, 256, 768), (32, 17, 33), (160, 640, 4003)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_product_matches_torch_linear(rows, inputs, outputs, bias):
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    gen = torch.Generator().manual_seed(rows)
+    x, w = torch.randn(rows, inputs, generator=gen), torch.randn(outputs, inputs, generator=gen)
+    b = torch.randn(outputs, generator=gen) if bias else None
+    got = torch.ops.seq2seq.linear_onednn(x, w, b)
+    assert got.shape == (rows, outputs)
+    # float32 sums in another order: within a few units of rounding of terms of size ~sqrt(inputs)
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5 * inputs ** 0.5)
+    torch.testing.assert_close(torch.ops.seq2seq.linear_onednn(x, w.t().contiguous().t(), b), got)
+
+
 def test_op_errors_are_clear():
     query, keys, memory, lengths, sentence, v = attention_inputs(True)
     with pytest.raises(Exception, match="keys' last dimension"):
