@@ -3,7 +3,7 @@
 #                               score with the C++ engine and the Python reference (BLEU, parity), plot,
 #                               then serve it over gRPC: translate and an Evaluate job through the server
 # make test                     the whole test suite: the C++ library's tests (ctest), then pytest
-# make cpp                      build the C++ library, its tests, seq2seq-translate and seq2seq-serve (CMake, build/cmake)
+# make cpp                      build the C++ library, its tests, seq2seq-translate, seq2seq-serve and seq2seq-loadgen (CMake, build/cmake)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 TORCH ?= cpu

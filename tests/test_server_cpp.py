@@ -5,6 +5,7 @@ TLS, SIGTERM). Every server listens on 127.0.0.1, on an ephemeral port."""
 
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 
 from tests.grpc_checks import assert_serving_and_reflected, self_signed_certificate
 from tests.exports import random_export, sentencepiece_tokenizer
@@ -83,7 +85,19 @@ def test_translations_equal_the_python_servers(servers, model, i):
     request = pb.TranslateRequest(request_id=f"r{i}", model=model, **REQUESTS[i])
     got, want = cpp.Translate(request, timeout=60), py.Translate(request, timeout=60)
     assert len(want.translations) == len(request.sentences)
-    assert got == want  # texts, scores, attention weights: every field
+    # Every field equal; scores and attention weights to within float32 rounding. The two
+    # engines are separate builds (CMake's library, the Python module), and on an AMD EPYC
+    # host some runs of this test found a score or a few attention weights differing in
+    # their last bits, though each server answers the same request identically every time.
+    hyps = lambda r: [h for t in r.translations for h in t.hypotheses]  # noqa: E731
+    assert len(hyps(got)) == len(hyps(want))
+    for a, b in zip(hyps(got), hyps(want)):
+        assert a.score == pytest.approx(b.score, rel=1e-6) and a.log_prob == pytest.approx(b.log_prob, rel=1e-6)
+        torch.testing.assert_close(torch.tensor(list(a.attention.weights)), torch.tensor(list(b.attention.weights)),
+                                   rtol=0, atol=1e-6)
+        for h in (a, b):
+            h.ClearField("score"), h.ClearField("log_prob"), h.attention.ClearField("weights")
+    assert got == want  # texts, attention shapes, ids: every other field
 
 
 BAD = [
@@ -327,3 +341,44 @@ def test_bench_server_runs_against_it(exports, tmp_path, capsys):
     # The handler time comes from the server's per-call log lines and lies inside the round trip.
     one = result["one_client"]
     assert 0 < one["handler_mean_ms"] < one["served_mean_ms"]
+
+
+LOADGEN = BINARY.parent / "seq2seq-loadgen"
+
+
+def test_bench_server_with_the_cpp_load_generator(exports, tmp_path, capsys):
+    from seq2seq.cli import main
+
+    source = tmp_path / "sentences.txt"
+    source.write_text("\n".join(SENTENCES) + "\n")
+    out = tmp_path / "bench.json"
+    assert main(["bench-server", "--server", "cpp", "--load-generator", "cpp", "--model", str(exports["bahdanau"]),
+                 "--input", str(source), "--clients", "4", "--max-batch", "8,1", "--seconds", "30",
+                 "--max-requests", "40", "--overhead-sentences", "0", "--beam-size", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "clients: the C++ load generator" in printed and "4 clients: max batch 8 gives" in printed
+    result = json.loads(out.read_text())
+    assert result["load_generator"] == "cpp"
+    for r in result["rows"]:  # the request bound ends each case, every call answered
+        assert r["errors"] == {} and r["requests"] == 40 and 1 <= r["mean_batch"] <= r["max_batch"]
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+
+
+def test_the_load_generator_counts_failed_calls_and_names_bad_options(tmp_path):
+    source = tmp_path / "sentences.txt"
+    source.write_text("Ein Hund.\n")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([str(LOADGEN), "--target", f"127.0.0.1:{port}", "--sentences", str(source), "--clients", "2",
+                           "--seconds", "20", "--max-requests", "3", "--timeout", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["requests"] == 0 and sum(result["errors"].values()) == 3, result
+    for args, words in [([], "--target and --sentences are required"),
+                        (["--target", "x:1", "--sentences", str(tmp_path / "none.txt")], "cannot read"),
+                        (["--target", "x:1", "--sentences", str(source), "--clients", "0"], "--clients needs a positive"),
+                        (["--target", "x:1", "--sentences", str(source), "--bogus", "1"], "unknown option --bogus")]:
+        done = subprocess.run([str(LOADGEN), *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
