@@ -23,8 +23,8 @@ def extensions():
     from torch.utils import cpp_extension
 
     sources = engine_sources() + ["csrc/python.cpp"]
-    # No fused multiply-adds the source does not ask for: the same rounding as the C++
-    # library's build (CMakeLists.txt), so both engines give identical floats.
+    # No fused multiply-adds the source does not ask for, as in the C++ library's build
+    # (CMakeLists.txt): the two builds' kernels round alike.
     cxx = ["-O3", "-g0", "-fopenmp", "-std=c++17", "-ffp-contract=off"]
     # The build machine's vector instructions (AVX2/AVX-512, VNNI); SEQ2SEQ_PORTABLE=1 for a
     # build that runs on any x86-64.

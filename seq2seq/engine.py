@@ -64,6 +64,11 @@ class Engine(TextTranslator):
         for name in ("family", "cell", "attention", "src_vocab", "tgt_vocab", "emb_dim", "hidden", "layers",
                      "attention_dim", "bidirectional", "context_feed", "input_feed"):
             setattr(spec, name, getattr(cfg, name))
+        # MKL's matrix-vector products (a lone row: one sentence's encoder, greedy batch 1)
+        # round differently with the matrix's address modulo 64. safetensors hands tensors at
+        # offsets of one buffer; the C++ reader of seq2seq-translate and seq2seq-serve
+        # allocates each one aligned. Aligned here too, both give the same floats.
+        exp.tensors = {k: v if v.data_ptr() % 64 == 0 else v.clone() for k, v in exp.tensors.items()}
         if compute_type == "float32":
             # The engine multiplies by its matrices transposed, (in, out) in memory: handed over
             # in that layout, it shares their storage with the export instead of copying each.

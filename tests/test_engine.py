@@ -230,6 +230,15 @@ def test_text_translation_and_empty_lines(exports):
     assert a[1][0].text == "" and a[1][0].tokens == []
 
 
+def test_weights_are_aligned_as_the_cpp_reader_aligns_them(exports):
+    """MKL's matrix-vector products round differently with a matrix's address modulo 64;
+    seq2seq-serve's reader allocates every tensor 64-byte aligned, and so must the Python
+    Engine for the two to give the same floats (tests/test_server_cpp.py compares them)."""
+    for compute_type in ("float32", "int8"):
+        tensors = Engine(exports["bahdanau-gru-bi"], compute_type=compute_type).export.tensors
+        assert tensors and all(t.data_ptr() % 64 == 0 for t in tensors.values())
+
+
 @pytest.mark.parametrize("family", ["bahdanau", "lstm", "luong-general"])
 def test_matrices_in_either_memory_layout_give_the_same_translations(exports, family, monkeypatch):
     # Engine hands the decoder's matrices over transposed in memory, so that the C++ engine

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
 
 from tests.grpc_checks import assert_serving_and_reflected, self_signed_certificate
 from tests.exports import random_export, sentencepiece_tokenizer
@@ -85,19 +84,7 @@ def test_translations_equal_the_python_servers(servers, model, i):
     request = pb.TranslateRequest(request_id=f"r{i}", model=model, **REQUESTS[i])
     got, want = cpp.Translate(request, timeout=60), py.Translate(request, timeout=60)
     assert len(want.translations) == len(request.sentences)
-    # Every field equal; scores and attention weights to within float32 rounding. The two
-    # engines are separate builds (CMake's library, the Python module), and on an AMD EPYC
-    # host some runs of this test found a score or a few attention weights differing in
-    # their last bits, though each server answers the same request identically every time.
-    hyps = lambda r: [h for t in r.translations for h in t.hypotheses]  # noqa: E731
-    assert len(hyps(got)) == len(hyps(want))
-    for a, b in zip(hyps(got), hyps(want)):
-        assert a.score == pytest.approx(b.score, rel=1e-6) and a.log_prob == pytest.approx(b.log_prob, rel=1e-6)
-        torch.testing.assert_close(torch.tensor(list(a.attention.weights)), torch.tensor(list(b.attention.weights)),
-                                   rtol=0, atol=1e-6)
-        for h in (a, b):
-            h.ClearField("score"), h.ClearField("log_prob"), h.attention.ClearField("weights")
-    assert got == want  # texts, attention shapes, ids: every other field
+    assert got == want  # texts, scores, attention weights: every field
 
 
 BAD = [
