@@ -40,6 +40,9 @@ def test_bench_measures_both_backends_on_the_same_sentences(tmp_path):
     model = translators["python"].model
     lines = bench.limits(translators["python"].model_cfg, model, sources, results, cases)
     assert sum("GFLOP/s" in line for line in lines) == 2 and sum("GB/s" in line for line in lines) == 2
+    assert all("the faster of MKL and oneDNN" in line for line in lines if "GFLOP/s" in line)
+    gflops, library = bench.matmul_gflops(8, 16, 32)
+    assert gflops > 0 and library in ("MKL", "oneDNN")
 
 
 def test_model_flops_counts_encoder_and_beam_rows(tmp_path):
