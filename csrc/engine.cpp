@@ -103,7 +103,7 @@ Engine::Dense Engine::dense(const at::Tensor& w, at::Tensor b) const {
 at::Tensor Engine::apply(const Dense& d, const at::Tensor& x) const {
   if (int8_) return linear_int8(x, d.packed);
   // oneDNN costs about 10 us a call more than MKL, which a lone row or a small product
-  // does not earn back (measured per layer shape: docs/engine.md).
+  // does not earn back (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
   const int64_t rows = x.size(0);
   if (d.onednn.defined() && rows >= 2 && rows * d.wt.size(0) * d.wt.size(1) >= (int64_t{1} << 19))
     return linear_onednn(x, d.onednn, d.b);

@@ -290,7 +290,8 @@ std::optional<c10::OperatorHandle> onednn_op(const char* name) {
 at::Tensor pack_onednn(const at::Tensor& weight) {
   check_float(weight, "weight", 2);
   static const auto reorder = onednn_op("mkldnn::_reorder_linear_weight");
-  if (!reorder || !onednn_op("mkldnn::_linear_pointwise")) return at::Tensor();
+  static const bool usable = reorder && onednn_op("mkldnn::_linear_pointwise");
+  if (!usable) return at::Tensor();
   torch::jit::Stack stack{weight.contiguous(), c10::IValue()};
   reorder->callBoxed(&stack);
   return stack[0].toTensor();

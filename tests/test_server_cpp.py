@@ -366,6 +366,7 @@ def test_the_load_generator_counts_failed_calls_and_names_bad_options(tmp_path):
     for args, words in [([], "--target and --sentences are required"),
                         (["--target", "x:1", "--sentences", str(tmp_path / "none.txt")], "cannot read"),
                         (["--target", "x:1", "--sentences", str(source), "--clients", "0"], "--clients needs a positive"),
+                        (["--target", "x:1", "--sentences", str(source), "--clients", "1.5"], "--clients needs a whole"),
                         (["--target", "x:1", "--sentences", str(source), "--bogus", "1"], "unknown option --bogus")]:
         done = subprocess.run([str(LOADGEN), *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and words in done.stderr, (args, done.stderr)

@@ -50,6 +50,14 @@ double number(const std::string& flag, const std::string& value) {
   return v;
 }
 
+// Counts must be whole: "--clients 1.5" is an error, not one client.
+int64_t whole(const std::string& flag, const std::string& value) {
+  const double v = number(flag, value);
+  if (v != static_cast<double>(static_cast<int64_t>(v)))
+    throw std::invalid_argument(flag + " needs a whole number, not '" + value + "'");
+  return static_cast<int64_t>(v);
+}
+
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -63,10 +71,10 @@ Options parse(int argc, char** argv) {
     if (flag == "--target") o.target = value;
     else if (flag == "--sentences") o.sentences_file = value;
     else if (flag == "--model") o.model = value;
-    else if (flag == "--clients") o.clients = static_cast<int64_t>(number(flag, value));
+    else if (flag == "--clients") o.clients = whole(flag, value);
     else if (flag == "--seconds") o.seconds = number(flag, value);
-    else if (flag == "--max-requests") o.max_requests = static_cast<int64_t>(number(flag, value));
-    else if (flag == "--beam-size") o.beam_size = static_cast<int64_t>(number(flag, value));
+    else if (flag == "--max-requests") o.max_requests = whole(flag, value);
+    else if (flag == "--beam-size") o.beam_size = whole(flag, value);
     else if (flag == "--timeout") o.timeout_s = number(flag, value);
     else throw std::invalid_argument("unknown option " + flag);
   }
