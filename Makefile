@@ -25,7 +25,8 @@ endif
 setup: $(STAMP)
 
 # The C++ engine is rebuilt when its sources change.
-$(STAMP): requirements.txt setup.py Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/sources.txt proto/seq2seq/v1/*.proto)
+# The engine reads config.json with nlohmann-json (cpp-deps) in the Python module too.
+$(STAMP): requirements.txt setup.py Makefile $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*/*.cpp csrc/*/*/*.h csrc/sources.txt proto/seq2seq/v1/*.proto) | cpp-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_$(TORCH)) -r requirements.txt
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
@@ -69,7 +70,7 @@ cpp-deps:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-cpp: setup cpp-deps
+cpp: setup
 	mkdir -p $(CMAKE_BUILD)
 	cmake -S . -B $(CMAKE_BUILD) -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
 	  -DCMAKE_BUILD_TYPE=Release > $(CMAKE_BUILD)/configure.log || (cat $(CMAKE_BUILD)/configure.log; exit 1)

@@ -59,6 +59,8 @@ setup(
     install_requires=["torch>=2.13", "sentencepiece>=0.2", "sacrebleu>=2.4", "tqdm>=4.66", "safetensors>=0.4",
                       "grpcio>=1.60", "grpcio-tools>=1.60", "grpcio-health-checking>=1.60",
                       "grpcio-reflection>=1.60", "prometheus-client>=0.19"],
+    # The peer engine of `seq2seq convert --to ctranslate2` and `seq2seq bench --against ctranslate2`.
+    extras_require={"ctranslate2": ["ctranslate2==4.6.2"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext()},
     entry_points={"console_scripts": ["seq2seq=seq2seq.cli:main"]},

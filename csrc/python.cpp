@@ -8,20 +8,6 @@ using namespace seq2seq;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "The seq2seq C++ translation engine";
-  py::class_<ModelSpec>(m, "ModelSpec")
-      .def(py::init<>())
-      .def_readwrite("family", &ModelSpec::family)
-      .def_readwrite("cell", &ModelSpec::cell)
-      .def_readwrite("attention", &ModelSpec::attention)
-      .def_readwrite("src_vocab", &ModelSpec::src_vocab)
-      .def_readwrite("tgt_vocab", &ModelSpec::tgt_vocab)
-      .def_readwrite("emb_dim", &ModelSpec::emb_dim)
-      .def_readwrite("hidden", &ModelSpec::hidden)
-      .def_readwrite("layers", &ModelSpec::layers)
-      .def_readwrite("attention_dim", &ModelSpec::attention_dim)
-      .def_readwrite("bidirectional", &ModelSpec::bidirectional)
-      .def_readwrite("context_feed", &ModelSpec::context_feed)
-      .def_readwrite("input_feed", &ModelSpec::input_feed);
   py::class_<DecodeOptions>(m, "DecodeOptions")
       .def(py::init<>())
       .def_readwrite("beam_size", &DecodeOptions::beam_size)
@@ -35,15 +21,21 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("max_length_extra", &DecodeOptions::max_length_extra)
       .def_readwrite("early_stop", &DecodeOptions::early_stop)
       .def_readwrite("return_attention", &DecodeOptions::return_attention);
+  m.def("validate_options", &validate_options, py::arg("options"),
+        "Raises ValueError with seq2seq.config.validate_decoding_options' message for bad options");
+  m.attr("MAX_BEAM") = kMaxBeam;
   py::class_<Hypothesis>(m, "Hypothesis")
       .def_readonly("tokens", &Hypothesis::tokens)
       .def_readonly("score", &Hypothesis::score)
       .def_readonly("log_prob", &Hypothesis::log_prob)
       .def_readonly("attention", &Hypothesis::attention);
   py::class_<Engine>(m, "Engine")
-      .def(py::init<ModelSpec, const Weights&, int64_t, const std::string&>(), py::arg("spec"), py::arg("weights"),
-           py::arg("threads") = 0, py::arg("compute_type") = "float32")
+      .def(py::init<const std::string&, int64_t, const std::string&>(), py::arg("export_dir"), py::arg("threads") = 0,
+           py::arg("compute_type") = "float32", py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("compute_type", &Engine::compute_type)
+      .def_property_readonly("family", [](const Engine& e) { return e.model().family; })
+      .def_property_readonly("source_vocabulary", [](const Engine& e) { return e.model().source_vocabulary; })
+      .def_property_readonly("target_vocabulary", [](const Engine& e) { return e.model().target_vocabulary; })
       .def("translate", &Engine::translate, py::arg("sources"), py::arg("options"),
            py::call_guard<py::gil_scoped_release>());
 }

@@ -530,6 +530,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from seq2seq.convert import convert_to_ctranslate2
+
+    try:
+        out = convert_to_ctranslate2(args.export, args.out, args.quantization)
+    except ImportError as e:  # ctranslate2 is optional: say how to install it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{out}: CTranslate2 model ({args.quantization}) of {args.export}")
+    return 0
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="a training checkpoint (.pt), its out_dir (uses best.pt), or an export directory")
@@ -598,6 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a training checkpoint (.pt), or its out_dir (uses best.pt)")
     p.add_argument("out", help="the export directory to write")
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("convert", help="write an export as a model for another engine (CTranslate2)")
+    p.add_argument("--to", choices=("ctranslate2",), required=True, help="the engine to convert for")
+    p.add_argument("export", help="a Transformer export directory (seq2seq export)")
+    p.add_argument("out", help="the model folder to write (an earlier conversion there is replaced)")
+    p.add_argument("--quantization", choices=("float32", "int8"), default="float32",
+                   help="the stored weights' type (default float32)")
+    p.set_defaults(func=cmd_convert)
 
     p = commands.add_parser("plot-attention", help="PNG heatmaps of attention weights")
     add_model_flags(p)

@@ -6,6 +6,7 @@ the package defines a default for these values.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 
@@ -211,14 +212,23 @@ class DecodingOptions:
     return_attention: bool = False
 
 
+MAX_BEAM = 256  # beams beyond this only cost memory: a clear error rather than an allocation failure
+
+
 def validate_decoding_options(opts: DecodingOptions) -> None:
+    """The C++ engine's validate_options gives the same messages (tests/test_engine.py)."""
     check_choices(opts, {"length_penalty": ("none", "gnmt", "average")})
     if opts.beam_size < 1:
         raise ValueError(f"DecodingOptions.beam_size must be >= 1, got {opts.beam_size}")
+    if opts.beam_size > MAX_BEAM:
+        raise ValueError(f"DecodingOptions.beam_size must be <= {MAX_BEAM}, got {opts.beam_size}")
     if not 1 <= opts.n_best <= opts.beam_size:
         raise ValueError(f"DecodingOptions.n_best={opts.n_best} must be between 1 and beam_size={opts.beam_size}")
     for name in ("min_length", "min_length_ratio", "max_length_ratio", "max_length_extra", "alpha"):
-        if getattr(opts, name) < 0:
-            raise ValueError(f"DecodingOptions.{name} must be >= 0, got {getattr(opts, name)}")
+        value = getattr(opts, name)
+        if value < 0:
+            raise ValueError(f"DecodingOptions.{name} must be >= 0, got {value}")
+        if not math.isfinite(value):
+            raise ValueError(f"DecodingOptions.{name} must be a finite number, got {value}")
     if opts.max_length < 1:
         raise ValueError(f"DecodingOptions.max_length must be >= 1, got {opts.max_length}")

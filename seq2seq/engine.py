@@ -21,15 +21,20 @@ from seq2seq.decoding import Hypothesis
 from seq2seq.export import ExportError, load_export
 from seq2seq.translate import TextTranslator
 
-COMPUTE_TYPES = ("float32", "int8")
+COMPUTE_TYPES = ("float32", "int8", "bfloat16")
+SUPPORTED_FAMILIES = ("rnn", "attention", "transformer")
 
 
 def decoder_step_matrix(name: str, tensor) -> bool:
     """Whether a state_dict tensor is a matrix the decoder multiplies by at every step: the
-    ones compute_type "int8" quantizes (csrc/engine.cpp). Embedding tables are lookups; the
-    encoder and the source-side key projection run once per sentence."""
-    return tensor.dim() == 2 and "embed" not in name and not name.startswith("encoder.") and "key_proj" not in name
-SUPPORTED_FAMILIES = ("rnn", "attention")
+    ones the compute types int8 and bfloat16 convert (csrc/layers/dense.h). Embedding tables
+    are lookups; the encoder, the source-side key projections (RNN attention and the
+    Transformer's cross-attention keys/values) run once per sentence."""
+    if tensor.dim() != 2 or "embed" in name or name == "pos.weight":
+        return False
+    if name.startswith(("encoder.", "enc.")) or "key_proj" in name:
+        return False
+    return not (".cross_attn.k_proj" in name or ".cross_attn.v_proj" in name)
 
 
 def extension():
@@ -59,22 +64,10 @@ class Engine(TextTranslator):
             raise ExportError(f"{exp.path}: the C++ engine runs {' and '.join(SUPPORTED_FAMILIES)} models; "
                               f"this is a {cfg.family} model: translate it with the Python reference "
                               "(seq2seq translate --model DIR, or --backend python)")
-        _C = extension()
-        spec = _C.ModelSpec()
-        for name in ("family", "cell", "attention", "src_vocab", "tgt_vocab", "emb_dim", "hidden", "layers",
-                     "attention_dim", "bidirectional", "context_feed", "input_feed"):
-            setattr(spec, name, getattr(cfg, name))
-        # MKL's matrix-vector products (a lone row: one sentence's encoder, greedy batch 1)
-        # round differently with the matrix's address modulo 64. safetensors hands tensors at
-        # offsets of one buffer; the C++ reader of seq2seq-translate and seq2seq-serve
-        # allocates each one aligned. Aligned here too, both give the same floats.
-        exp.tensors = {k: v if v.data_ptr() % 64 == 0 else v.clone() for k, v in exp.tensors.items()}
-        if compute_type == "float32":
-            # The engine multiplies by its matrices transposed, (in, out) in memory: handed over
-            # in that layout, it shares their storage with the export instead of copying each.
-            exp.tensors = {k: v.t().contiguous().t() if decoder_step_matrix(k, v) else v
-                           for k, v in exp.tensors.items()}
-        self._engine = _C.Engine(spec, exp.tensors, threads, compute_type)
+        try:
+            self._engine = extension().Engine(str(exp.path), threads, compute_type)
+        except (ValueError, RuntimeError) as e:
+            raise ExportError(f"{exp.path}: {e}") from None
         self.export, self.model_cfg, self.data_cfg, self.tokenizer = exp, cfg, exp.data_cfg, exp.tokenizer
         self.compute_type, self.threads, self.max_source_tokens = compute_type, threads, max_source_tokens
         self.device = torch.device("cpu")

@@ -16,3 +16,8 @@ def _attention_shapes(query, keys, memory, lengths, sentence, v):
 def _candidate_shapes(logits, row_scores, eos_rule, banned, eos, group, count):
     blocks = logits.size(0) // group
     return logits.new_empty(blocks, count), logits.new_empty(blocks, count, dtype=torch.long)
+
+
+@torch.library.register_fake("seq2seq::multi_head_attention")
+def _multi_head_attention_shapes(query, keys, values, lengths, sentence, heads):
+    return query.new_empty(query.shape), query.new_empty(query.size(0), heads, keys.size(1))

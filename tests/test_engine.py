@@ -17,13 +17,27 @@ from tests.test_models import FAMILIES, SMALL
 
 pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
 import seq2seq.ops  # noqa: E402,F401  (the ops' fake-tensor shapes)
-ENGINE_FAMILIES = sorted(name for name in FAMILIES if not name.startswith("transformer"))
+# Transformer variants beyond test_models' two: every option the Python model has, and
+# layer, head and width counts of their own.
+TRANSFORMER_VARIANTS = {
+    "transformer-pre-learned-tied": ("transformer-pre", dict(positions="learned", tie_embeddings=True, heads=8,
+                                                             enc_layers=1, dec_layers=3)),
+    "transformer-post-separate-1-head": ("transformer-post", dict(tie_embeddings=False, positions="sinusoidal",
+                                                                  heads=1, d_model=24, ff_dim=40, enc_layers=3,
+                                                                  dec_layers=1)),
+    "transformer-pre-odd-width": ("transformer-pre", dict(d_model=18, heads=3, ff_dim=20)),
+}
+ENGINE_FAMILIES = sorted(FAMILIES) + sorted(TRANSFORMER_VARIANTS)
+TRANSFORMERS = [name for name in ENGINE_FAMILIES if name.startswith("transformer")]
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
-    return {name: random_export(root / name, name) for name in ENGINE_FAMILIES}
+    made = {name: random_export(root / name, name) for name in FAMILIES}
+    for name, (family, changes) in TRANSFORMER_VARIANTS.items():
+        made[name] = random_export(root / name, family, **changes)
+    return made
 
 
 def random_sources(n, seed, longest=15):
@@ -198,7 +212,8 @@ def test_parity_with_python_reference(exports, family):
         assert_same(engine.translate_ids(sources, opts), reference.decode_ids(sources, opts))
 
 
-@pytest.mark.parametrize("family", ["bahdanau-gru-bi", "luong-general", "bigru-context-feed"])
+@pytest.mark.parametrize("family", ["bahdanau-gru-bi", "luong-general", "bigru-context-feed", "transformer-pre",
+                                    "transformer-post"])
 @pytest.mark.parametrize("beam", [1, 5])
 def test_alone_equals_inside_a_batch_of_64(exports, family, beam):
     engine = Engine(exports[family])
@@ -216,10 +231,68 @@ def test_alone_equals_inside_a_batch_of_64(exports, family, beam):
     DecodingOptions(beam_size=1, min_length=2, max_length=4),
     DecodingOptions(beam_size=6, n_best=6, length_penalty="gnmt", alpha=1.0, max_length=1),
 ], ids=["average-no-early-stop", "min-ratio-max-abs", "greedy-limits", "max-length-1"])
-def test_parity_under_length_options(exports, opts):
-    family = "luong-concat"
+@pytest.mark.parametrize("family", ["luong-concat", "transformer-post"])
+def test_parity_under_length_options(exports, opts, family):
     sources = random_sources(10, seed=11)
     assert_same(Engine(exports[family]).translate_ids(sources, opts), Translator(exports[family]).decode_ids(sources, opts))
+
+
+@pytest.mark.parametrize("family", TRANSFORMERS)
+def test_transformer_parity_in_a_batch_of_64(exports, family):
+    engine, reference = Engine(exports[family]), Translator(exports[family])
+    sources = random_sources(64, seed=13)
+    for beam in (1, 5):
+        opts = DecodingOptions(beam_size=beam, max_length_ratio=1.5, max_length_extra=3)
+        assert_same(engine.translate_ids(sources, opts), reference.decode_ids(sources, opts))
+
+
+def test_transformer_positions_are_bounded_as_in_python(tmp_path):
+    folder = random_export(tmp_path / "short", "transformer-pre", max_positions=8)
+    engine, reference = Engine(folder), Translator(folder)
+    with pytest.raises(ValueError, match="sentence 1 has 8 tokens; this .* reads at most 7"):
+        engine.translate_ids([[5] * 8], DecodingOptions())
+    # An output that may grow past the table fails as the Python model does, and the engine
+    # keeps working.
+    opts = DecodingOptions(beam_size=2, max_length=20, max_length_ratio=0, min_length=9)
+    with pytest.raises(ValueError, match="exceeds ModelConfig.max_positions=8"):
+        engine.translate_ids([[5, 6]], opts)
+    with pytest.raises(ValueError, match="exceeds ModelConfig.max_positions=8"):
+        reference.decode_ids([[5, 6]], opts)
+    opts = DecodingOptions(beam_size=2, max_length=5, max_length_ratio=0)
+    assert_same(engine.translate_ids([[5, 6]], opts), reference.decode_ids([[5, 6]], opts))
+
+
+BAD_OPTIONS = [dict(beam_size=0), dict(beam_size=257), dict(n_best=0), dict(beam_size=2, n_best=3),
+               dict(length_penalty="wu"), dict(length_penalty="it's"), dict(min_length=-1),
+               dict(min_length_ratio=-0.5), dict(max_length_ratio=-100000.0), dict(max_length_extra=-2),
+               dict(alpha=-1e-05), dict(alpha=float("nan")), dict(max_length_ratio=float("inf")),
+               dict(max_length=0)]
+
+
+@pytest.mark.parametrize("bad", BAD_OPTIONS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+def test_engine_validates_options_with_the_python_messages(bad):
+    from seq2seq import _C
+    from seq2seq.config import validate_decoding_options
+
+    opts = DecodingOptions(**bad)
+    with pytest.raises(ValueError) as python:
+        validate_decoding_options(opts)
+    native = _C.DecodeOptions()
+    for name, value in vars(opts).items():
+        setattr(native, name, value)
+    with pytest.raises(ValueError) as cpp:
+        _C.validate_options(native)
+    assert str(cpp.value) == str(python.value)
+
+
+def test_engine_defaults_are_the_python_defaults():
+    from dataclasses import fields
+
+    from seq2seq import _C
+
+    native = _C.DecodeOptions()
+    for f in fields(DecodingOptions):
+        assert getattr(native, f.name) == f.default, f.name
 
 
 def test_text_translation_and_empty_lines(exports):
@@ -228,34 +301,6 @@ def test_text_translation_and_empty_lines(exports):
     a, b = engine.translate(lines, DecodingOptions(beam_size=3)), reference.translate(lines, DecodingOptions(beam_size=3))
     assert [x[0].text for x in a] == [x[0].text for x in b]
     assert a[1][0].text == "" and a[1][0].tokens == []
-
-
-def test_weights_are_aligned_as_the_cpp_reader_aligns_them(exports):
-    """MKL's matrix-vector products round differently with a matrix's address modulo 64;
-    seq2seq-serve's reader allocates every tensor 64-byte aligned, and so must the Python
-    Engine for the two to give the same floats (tests/test_server_cpp.py compares them)."""
-    for compute_type in ("float32", "int8"):
-        tensors = Engine(exports["bahdanau-gru-bi"], compute_type=compute_type).export.tensors
-        assert tensors and all(t.data_ptr() % 64 == 0 for t in tensors.values())
-
-
-@pytest.mark.parametrize("family", ["bahdanau", "lstm", "luong-general"])
-def test_matrices_in_either_memory_layout_give_the_same_translations(exports, family, monkeypatch):
-    # Engine hands the decoder's matrices over transposed in memory, so that the C++ engine
-    # shares them; given in nn.Linear's own layout it must copy them and decode the same.
-    sources, opts = random_sources(8, seed=3), DecodingOptions(beam_size=3, n_best=2)
-    shared = Engine(exports[family])
-    assert shared.export.tensors["out.weight"].t().is_contiguous()
-    monkeypatch.setattr("seq2seq.engine.decoder_step_matrix", lambda name, tensor: False)
-    copied = Engine(exports[family])
-    assert copied.export.tensors["out.weight"].is_contiguous()
-    a, b = shared.translate_ids(sources, opts), copied.translate_ids(sources, opts)
-    assert [[(h.tokens, h.score) for h in n] for n in a] == [[(h.tokens, h.score) for h in n] for n in b]
-    # Shared means one copy of the weights: the engine sees a change made through the export.
-    for engine, sees_it in ((shared, True), (copied, False)):
-        engine.export.tensors["out.weight"].zero_()
-        after = engine.translate_ids(sources, opts)
-        assert ([[h.score for h in n] for n in after] != [[h.score for h in n] for n in a]) == sees_it
 
 
 def test_many_threads_share_one_engine(exports):
@@ -321,8 +366,6 @@ def test_too_long_text_is_an_error_or_truncated_on_request(exports):
 
 
 def test_engine_refuses_what_it_cannot_run(exports, tmp_path):
-    with pytest.raises(ExportError, match="transformer model: translate it with the Python reference"):
-        Engine(random_export(tmp_path / "tf", "transformer-pre"))
     with pytest.raises(ValueError, match="compute_type 'float16'"):
         Engine(exports["lstm"], compute_type="float16")
     with pytest.raises(ValueError, match="threads"):
@@ -364,36 +407,47 @@ def test_parity_on_a_model_trained_on_multi30k(shared_data, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# compute_type int8
+# compute_type int8 and bfloat16
 
 
-def quantized_weights_reference(folder):
-    """The Python reference on the export with every matrix the int8 engine quantizes
-    replaced by its int8 round trip (per output channel, scale max|w| / 127): what is left
-    between the two is the engine's per-call quantization of the activations."""
+def rounded_weights_reference(folder, compute_type):
+    """The Python reference on the export with every matrix the engine converts replaced by
+    its round trip through the compute type (int8: per output channel, scale max|w| / 127):
+    what is left between the two is the engine's rounding of the activations."""
     reference = Translator(folder)
+    model = reference.model
+    if getattr(model.cfg, "tie_embeddings", False):  # the engine converts the output layer, not the embedding
+        model.out.weight = torch.nn.Parameter(model.out.weight.detach().clone())
     with torch.no_grad():
-        for name, p in reference.model.named_parameters():
-            if decoder_step_matrix(name, p):
+        for name, p in model.named_parameters():
+            if not decoder_step_matrix(name, p):
+                continue
+            if compute_type == "int8":
                 scale = p.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
                 p.copy_(torch.round(p / scale).clamp(-127, 127) * scale)
+            else:
+                p.copy_(p.bfloat16().float())
     return reference
 
 
+@pytest.mark.parametrize("compute_type", ["int8", "bfloat16"])
 @pytest.mark.parametrize("family", ENGINE_FAMILIES)
-def test_int8_follows_the_reference_with_quantized_weights(exports, family):
+def test_lower_precision_follows_the_reference_with_rounded_weights(exports, family, compute_type):
     # Short outputs: on a random model a small difference early on sends a long output down
     # another path, which says nothing about the size of the difference.
-    engine, reference = Engine(exports[family], compute_type="int8"), quantized_weights_reference(exports[family])
+    engine = Engine(exports[family], compute_type=compute_type)
+    reference = rounded_weights_reference(exports[family], compute_type)
     sources = random_sources(40, seed=5)
     for beam in (1, 5):
         opts = DecodingOptions(beam_size=beam, max_length=3)
         ours, theirs = engine.translate_ids(sources, opts), reference.decode_ids(sources, opts)
         same = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a[0].tokens == b[0].tokens]
-        # A wrong quantization or gate agrees on next to nothing; rounding leaves most identical.
+        # A wrong conversion or gate agrees on next to nothing; rounding leaves most identical.
         assert len(same) >= 32, f"beam {beam}: {len(same)} of {len(sources)} identical"
+        # bfloat16 keeps 8 bits of each activation: the error grows with the logits' size.
+        rel = 1e-2 if compute_type == "bfloat16" else 0
         for i in same:
-            assert ours[i][0].log_prob == pytest.approx(theirs[i][0].log_prob, abs=0.1)
+            assert ours[i][0].log_prob == pytest.approx(theirs[i][0].log_prob, abs=0.1, rel=rel)
 
 
 def test_int8_engine_is_batch_invariant_and_reports_its_type(exports):

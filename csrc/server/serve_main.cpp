@@ -29,9 +29,10 @@
 #include <thread>
 #include <vector>
 
-#include "../standalone/export_reader.h"
-#include "../standalone/text.h"
-#include "../standalone/tokenizer.h"
+#include "../common.h"
+#include "../io/export_reader.h"
+#include "../io/text.h"
+#include "../io/tokenizer.h"
 #include "batcher.h"
 #include "seq2seq/v1/translation.grpc.pb.h"
 
@@ -63,7 +64,7 @@ const char* kUsage =
     "  --host 127.0.0.1       address to listen on\n"
     "  --port 50051           0: any free port (printed)\n"
     "  --threads 1            engine intra-op threads per batch (0: every core)\n"
-    "  --compute-type float32 float32 or int8\n"
+    "  --compute-type float32 float32, int8 or bfloat16\n"
     "  --workers 0            engine batches run at once (0: cores // threads)\n"
     "  --max-batch 64         sentences per engine batch\n"
     "  --max-batch-tokens 16384  source tokens x beam per engine batch\n"
@@ -75,14 +76,6 @@ const char* kUsage =
     "  --token TOKEN          require 'authorization: Bearer TOKEN' (or $SEQ2SEQ_TOKEN)\n"
     "  --tls-cert FILE --tls-key FILE   serve TLS\n"
     "  --grace 10             seconds in-flight calls get on SIGTERM\n";
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot be read");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // One JSON object per line on stderr, whole lines even when calls end at once.
 void log_event(const nlohmann::json& event) {
@@ -112,7 +105,8 @@ Status logged(const char* method, ServerContext* ctx, const std::string& request
 
 struct Model {
   std::string name, dir, source_language, target_language;
-  ModelSpec spec;
+  std::string family;
+  int64_t src_vocab = 0, tgt_vocab = 0;
   uint64_t parameters = 0;
   std::unique_ptr<Engine> engine;
   std::unique_ptr<Tokenizer> src, tgt;
@@ -129,10 +123,13 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& di
   m->source_language = data.value("src", "");
   m->target_language = data.value("tgt", "");
   for (const auto& [_, t] : exp.weights) m->parameters += t.numel();
-  m->engine = std::make_unique<Engine>(exp.spec, exp.weights, cfg.threads, cfg.compute_type);
-  m->spec = exp.spec;
-  m->src = load_sentencepiece(exp.src_tokenizer);
-  m->tgt = load_sentencepiece(exp.tgt_tokenizer);
+  m->engine = std::make_unique<Engine>(exp.model_config, exp.weights, cfg.threads, cfg.compute_type);
+  m->family = m->engine->model().family;
+  m->src_vocab = m->engine->model().source_vocabulary;
+  m->tgt_vocab = m->engine->model().target_vocabulary;
+  const TokenizerFiles tokenizers = tokenizer_files(dir);
+  m->src = load_sentencepiece(tokenizers.source);
+  m->tgt = load_sentencepiece(tokenizers.target);
   const Engine* engine = m->engine.get();
   m->batcher = std::make_unique<Batcher>(
       [engine](const std::vector<std::vector<int64_t>>& s, const DecodeOptions& o) { return engine->translate(s, o); },
@@ -156,25 +153,6 @@ struct Call {
 };
 
 Status invalid(const std::string& message) { return Status(StatusCode::INVALID_ARGUMENT, message); }
-
-// Python's repr() of a float and of a string, for messages that read as the Python server's.
-std::string python_float(double v) {
-  char buf[64];
-  const auto end = std::to_chars(buf, buf + sizeof(buf), v).ptr;
-  std::string out(buf, end);
-  if (out.find_first_of(".en") == std::string::npos) out += ".0";
-  return out;
-}
-
-std::string python_repr(const std::string& s) {
-  const char quote = s.find('\'') != std::string::npos && s.find('"') == std::string::npos ? '"' : '\'';
-  std::string out(1, quote);
-  for (char c : s) {
-    if (c == quote || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + quote;
-}
 
 class Service final : public pb::TranslationService::Service {
  public:
@@ -359,7 +337,6 @@ class Service final : public pb::TranslationService::Service {
   }
 
   Status options(const pb::DecodingOptions& msg, DecodeOptions* opts) const {
-    opts->length_penalty = "gnmt";  // DecodingOptions' defaults
     opts->return_attention = msg.return_attention();
     if (msg.has_beam_size()) opts->beam_size = msg.beam_size();
     if (msg.has_n_best()) opts->n_best = msg.n_best();
@@ -372,18 +349,9 @@ class Service final : public pb::TranslationService::Service {
     if (opts->max_length < 1 || opts->max_length > cfg_.max_length)
       return invalid("options.max_length must be within 1.." + std::to_string(cfg_.max_length) + ", not " +
                      std::to_string(opts->max_length));
-    // As seq2seq.config.validate_decoding_options, message for message.
     if (!std::isfinite(opts->alpha)) return invalid("options.alpha must be a finite number");
-    const std::string& lp = opts->length_penalty;
-    if (lp != "none" && lp != "gnmt" && lp != "average")
-      return invalid("options: DecodingOptions.length_penalty=" + python_repr(lp) +
-                     " is not valid; choose one of 'none', 'gnmt', 'average'");
-    if (opts->n_best < 1 || opts->n_best > opts->beam_size)
-      return invalid("options: DecodingOptions.n_best=" + std::to_string(opts->n_best) +
-                     " must be between 1 and beam_size=" + std::to_string(opts->beam_size));
-    if (opts->alpha < 0) return invalid("options: DecodingOptions.alpha must be >= 0, got " + python_float(opts->alpha));
     try {
-      validate_options(*opts);  // what the engine itself requires
+      validate_options(*opts);  // seq2seq.config.validate_decoding_options, message for message
     } catch (const std::exception& e) {
       return invalid(std::string("options: ") + e.what());
     }
@@ -506,11 +474,11 @@ class Service final : public pb::TranslationService::Service {
 
   void info(const Model& m, pb::ModelInfo* out) const {
     out->set_name(m.name);
-    out->set_family(m.spec.family);
+    out->set_family(m.family);
     out->set_source_language(m.source_language);
     out->set_target_language(m.target_language);
-    out->set_source_vocabulary(m.spec.src_vocab);
-    out->set_target_vocabulary(m.spec.tgt_vocab);
+    out->set_source_vocabulary(m.src_vocab);
+    out->set_target_vocabulary(m.tgt_vocab);
     out->set_compute_type(m.engine->compute_type());
     out->set_parameters(m.parameters);
     out->set_backend("cpp");
@@ -520,20 +488,6 @@ class Service final : public pb::TranslationService::Service {
   std::map<std::string, std::unique_ptr<Model>> models_;
   std::atomic<bool> ready_{false};
 };
-
-int64_t number(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0') throw std::invalid_argument(flag + " takes an integer, not '" + text + "'");
-  return v;
-}
-
-double real(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  const double v = std::strtod(text.c_str(), &end);
-  if (text.empty() || *end != '\0') throw std::invalid_argument(flag + " takes a number, not '" + text + "'");
-  return v;
-}
 
 Config parse(int argc, char** argv) {
   Config cfg;
@@ -555,24 +509,24 @@ Config parse(int argc, char** argv) {
       if (cfg.models.count(name)) throw std::invalid_argument("--model: the name '" + name + "' is given twice");
       cfg.models[name] = path;
     } else if (flag == "--host") cfg.host = value;
-    else if (flag == "--port") cfg.port = static_cast<int>(number(flag, value));
-    else if (flag == "--threads") cfg.threads = number(flag, value);
+    else if (flag == "--port") cfg.port = static_cast<int>(parse_integer(flag, value));
+    else if (flag == "--threads") cfg.threads = parse_integer(flag, value);
     else if (flag == "--compute-type") cfg.compute_type = value;
-    else if (flag == "--workers") cfg.workers = number(flag, value);
-    else if (flag == "--max-batch") cfg.max_batch = number(flag, value);
-    else if (flag == "--max-batch-tokens") cfg.max_batch_tokens = number(flag, value);
-    else if (flag == "--max-delay-ms") cfg.max_delay_ms = real(flag, value);
-    else if (flag == "--max-queue") cfg.max_queue = number(flag, value);
-    else if (flag == "--max-chars") cfg.max_chars = number(flag, value);
-    else if (flag == "--max-tokens") cfg.max_tokens = number(flag, value);
-    else if (flag == "--max-sentences") cfg.max_sentences = number(flag, value);
-    else if (flag == "--max-beam") cfg.max_beam = number(flag, value);
-    else if (flag == "--max-message-bytes") cfg.max_message_bytes = number(flag, value);
-    else if (flag == "--rpc-threads") cfg.rpc_threads = number(flag, value);
+    else if (flag == "--workers") cfg.workers = parse_integer(flag, value);
+    else if (flag == "--max-batch") cfg.max_batch = parse_integer(flag, value);
+    else if (flag == "--max-batch-tokens") cfg.max_batch_tokens = parse_integer(flag, value);
+    else if (flag == "--max-delay-ms") cfg.max_delay_ms = parse_number(flag, value);
+    else if (flag == "--max-queue") cfg.max_queue = parse_integer(flag, value);
+    else if (flag == "--max-chars") cfg.max_chars = parse_integer(flag, value);
+    else if (flag == "--max-tokens") cfg.max_tokens = parse_integer(flag, value);
+    else if (flag == "--max-sentences") cfg.max_sentences = parse_integer(flag, value);
+    else if (flag == "--max-beam") cfg.max_beam = parse_integer(flag, value);
+    else if (flag == "--max-message-bytes") cfg.max_message_bytes = parse_integer(flag, value);
+    else if (flag == "--rpc-threads") cfg.rpc_threads = parse_integer(flag, value);
     else if (flag == "--token") cfg.token = value;
     else if (flag == "--tls-cert") cfg.tls_cert = value;
     else if (flag == "--tls-key") cfg.tls_key = value;
-    else if (flag == "--grace") cfg.grace_s = real(flag, value);
+    else if (flag == "--grace") cfg.grace_s = parse_number(flag, value);
     else throw std::invalid_argument("unknown option " + flag + " (see --help)");
   }
   if (cfg.models.empty()) throw std::invalid_argument("give at least one --model NAME=EXPORT_DIR");

@@ -1,16 +1,18 @@
-// CPU kernels of the engine, also registered as torch ops (ops.cpp) so that each can be
-// tested against a pure-PyTorch reference.
+// The engine's ops. attention, multi_head_attention and beam_candidates are torch ops
+// (declared once in ops/ops.cpp, implemented per device in ops/cpu/) and these functions
+// call them through the dispatcher, so a model's tensors pick the implementation of their
+// device. The products of layers::Dense are plain functions over PyTorch's own operators.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/core/ivalue.h>
 
+#include <optional>
 #include <tuple>
-#include <vector>
 
 namespace seq2seq {
 
-// Fused attention for each row r over its sentence n = sentence[r]:
+// Fused attention of the RNN decoders for each row r over its sentence n = sentence[r]:
 // scores over the first lengths[n] source positions (additive when v is given:
 // v . tanh(keys[n, s] + query[r]); dot product otherwise: keys[n, s] . query[r]), the
 // softmax, and the context sum_s weight[s] * memory[n, s], in one pass per row.
@@ -19,6 +21,14 @@ namespace seq2seq {
 std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query, const at::Tensor& keys,
                                              const at::Tensor& memory, const at::Tensor& lengths,
                                              const at::Tensor& sentence, const std::optional<at::Tensor>& v);
+
+// Multi-head scaled dot-product attention of one query per row: query (R, D) split into
+// `heads` heads, against keys/values (B, T, D) of block sentence[r] (of block r when sentence
+// is absent: a self-attention cache), over its first lengths[b] positions.
+// Returns context (R, D), heads side by side, and weights (R, heads, T), zero past each length.
+std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query, const at::Tensor& keys,
+                                                        const at::Tensor& values, const at::Tensor& lengths,
+                                                        const std::optional<at::Tensor>& sentence, int64_t heads);
 
 // Log-softmax, constraints, adding the beam scores and the top-k, fused.
 // logits (R, V) with R = blocks * group rows; row_scores (R) float; eos_rule (R) int8:
@@ -31,13 +41,13 @@ std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, con
                                                    const at::Tensor& eos_rule, at::IntArrayRef banned,
                                                    int64_t eos, int64_t group, int64_t count);
 
-// float32 weights (out, in) packed for oneDNN's matrix multiplication
+// float32 or bfloat16 weights (out, in) packed for oneDNN's matrix multiplication
 // (mkldnn::_reorder_linear_weight), or an undefined tensor where this torch build has no
 // oneDNN. Products of a few rows or more run two to four times faster through it than
 // through MKL's sgemm on CPUs where MKL takes its AVX2 path (AMD's).
 at::Tensor pack_onednn(const at::Tensor& weight);
 
-// x @ weight.T + bias (bias may be undefined) with weights from pack_onednn.
+// x @ weight.T + bias (bias may be undefined) with weights from pack_onednn, in their dtype.
 at::Tensor linear_onednn(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias);
 
 // int8 weights for compute_type "int8": each output channel (row) of `weight` quantized

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "../engine.h"
+#include "../layers/dense.h"
 
 namespace seq2seq {
 
@@ -13,12 +13,18 @@ constexpr int kFormatVersion = 1;  // the newest export format this reader knows
 
 struct LoadedExport {
   std::string dir;
-  ModelSpec spec;
+  std::string model_config;  // config.json's "model" object as JSON text, for create_model
   Weights weights;
-  std::string src_tokenizer, tgt_tokenizer;  // SentencePiece model files
 };
 
 LoadedExport load_export(const std::string& dir);
+
+// The SentencePiece model files of an export, for the C++ programs that tokenize text
+// themselves; refuses exports whose text normalization they do not reproduce.
+struct TokenizerFiles {
+  std::string source, target;
+};
+TokenizerFiles tokenizer_files(const std::string& dir);
 
 // Safetensors: an 8-byte little-endian header length, a JSON header naming each tensor's
 // dtype, shape and byte range, then the bytes. Only F32 tensors are accepted.

@@ -2,10 +2,10 @@
 
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <stdexcept>
+
+#include "../common.h"
 
 namespace seq2seq {
 namespace {
@@ -16,14 +16,6 @@ using json = nlohmann::json;
   throw std::runtime_error(path + ": " + problem);
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot be read (missing, or no permission)");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 json parse_json(const std::string& text, const std::string& path) {
   try {
     return json::parse(text);
@@ -32,14 +24,17 @@ json parse_json(const std::string& text, const std::string& path) {
   }
 }
 
-template <typename T>
-T field(const json& obj, const char* key, const std::string& path, T fallback) {
-  if (!obj.contains(key)) return fallback;
-  try {
-    return obj.at(key).get<T>();
-  } catch (const json::exception&) {
-    fail(path, std::string("model.") + key + " has the wrong type");
-  }
+json read_config(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  const json config = parse_json(read_file(path), path);
+  if (!config.is_object()) fail(path, "expected a JSON object");
+  const int version = config.value("format_version", -1);
+  if (version < 1) fail(path, "no format_version: this is not an export (write one with `seq2seq export`)");
+  if (version > kFormatVersion)
+    fail(path, "format_version " + std::to_string(version) + " is newer than this engine reads (" +
+                   std::to_string(kFormatVersion) + "): update the engine");
+  if (!config.contains("model") || !config["model"].is_object()) fail(path, "no \"model\" object");
+  return config;
 }
 
 }  // namespace
@@ -75,34 +70,20 @@ Weights read_safetensors(const std::string& path) {
 }
 
 LoadedExport load_export(const std::string& dir) {
-  const std::string config_path = dir + "/config.json";
-  const json config = parse_json(read_file(config_path), config_path);
-  const int version = config.value("format_version", -1);
-  if (version < 1) fail(config_path, "no format_version: this is not an export (write one with `seq2seq export`)");
-  if (version > kFormatVersion)
-    fail(config_path, "format_version " + std::to_string(version) + " is newer than this engine reads (" +
-                          std::to_string(kFormatVersion) + "): update the engine");
-  if (!config.contains("model") || !config["model"].is_object()) fail(config_path, "no \"model\" object");
-  const json& m = config["model"];
+  const json config = read_config(dir);
   LoadedExport out;
   out.dir = dir;
-  ModelSpec& s = out.spec;
-  s.family = field<std::string>(m, "family", config_path, "");
-  s.cell = field<std::string>(m, "cell", config_path, s.cell);
-  s.attention = field<std::string>(m, "attention", config_path, s.attention);
-  s.src_vocab = field<int64_t>(m, "src_vocab", config_path, 0);
-  s.tgt_vocab = field<int64_t>(m, "tgt_vocab", config_path, 0);
-  s.emb_dim = field<int64_t>(m, "emb_dim", config_path, 0);
-  s.hidden = field<int64_t>(m, "hidden", config_path, 0);
-  s.layers = field<int64_t>(m, "layers", config_path, 1);
-  s.attention_dim = field<int64_t>(m, "attention_dim", config_path, 0);
-  s.bidirectional = field<bool>(m, "bidirectional", config_path, false);
-  s.context_feed = field<bool>(m, "context_feed", config_path, false);
-  s.input_feed = field<bool>(m, "input_feed", config_path, true);
+  out.model_config = config["model"].dump();
+  out.weights = read_safetensors(dir + "/model.safetensors");
+  return out;
+}
+
+TokenizerFiles tokenizer_files(const std::string& dir) {
+  const json config = read_config(dir);
   const json data = config.value("data", json::object());
   if (data.value("lowercase", false) || data.value("ascii_fold", false))
-    fail(config_path, "the model was trained on lowercased or ASCII-folded text, whose Unicode rules this "
-                      "translator does not reproduce; translate with `seq2seq translate` instead");
+    fail(dir + "/config.json", "the model was trained on lowercased or ASCII-folded text, whose Unicode rules this "
+                               "translator does not reproduce; translate with `seq2seq translate` instead");
   const std::string tok_path = dir + "/tokenizer.json";
   const json tok = parse_json(read_file(tok_path), tok_path);
   auto model_file = [&](const char* side) -> std::string {
@@ -112,16 +93,9 @@ LoadedExport load_export(const std::string& dir) {
                          "; the C++ translator reads SentencePiece tokenizers only");
     return dir + "/" + entry.at("model").get<std::string>();
   };
-  if (tok.contains("joint")) {
-    out.src_tokenizer = out.tgt_tokenizer = model_file("joint");
-  } else if (tok.contains("src") && tok.contains("tgt")) {
-    out.src_tokenizer = model_file("src");
-    out.tgt_tokenizer = model_file("tgt");
-  } else {
-    fail(tok_path, "names neither a joint tokenizer nor src and tgt ones");
-  }
-  out.weights = read_safetensors(dir + "/model.safetensors");
-  return out;
+  if (tok.contains("joint")) return {model_file("joint"), model_file("joint")};
+  if (tok.contains("src") && tok.contains("tgt")) return {model_file("src"), model_file("tgt")};
+  fail(tok_path, "names neither a joint tokenizer nor src and tgt ones");
 }
 
 }  // namespace seq2seq

@@ -1,32 +1,27 @@
 // seq2seq-translate: raw text in (stdin, one sentence per line), translations out (stdout),
 // with the C++ engine on an export directory and SentencePiece's C++ library; no Python.
 //
-//   seq2seq-translate EXPORT_DIR [--beam-size 5] [--threads 0] [--compute-type float32|int8]
+//   seq2seq-translate EXPORT_DIR [--beam-size 5] [--threads 0] [--compute-type float32|int8|bfloat16]
 //                     [--batch 32] [--max-length 256] [--scores]
 #include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
 
-#include "export_reader.h"
-#include "text.h"
-#include "tokenizer.h"
+#include "../common.h"
+#include "../engine.h"
+#include "../io/export_reader.h"
+#include "../io/text.h"
+#include "../io/tokenizer.h"
 
 namespace {
 
 constexpr size_t kMaxSourceTokens = 1024;  // as the Python Engine's max_source_tokens
 
 const char* kUsage =
-    "usage: seq2seq-translate EXPORT_DIR [--beam-size N] [--threads N] [--compute-type float32|int8]\n"
+    "usage: seq2seq-translate EXPORT_DIR [--beam-size N] [--threads N] [--compute-type float32|int8|bfloat16]\n"
     "                         [--batch N] [--max-length N] [--scores]\n"
     "Reads sentences from stdin, one per line, and writes one translation per line.\n";
-
-int64_t number(const std::string& flag, const char* text) {
-  char* end = nullptr;
-  const long long v = std::strtoll(text, &end, 10);
-  if (*text == '\0' || *end != '\0') throw std::invalid_argument(flag + " takes an integer, not '" + text + "'");
-  return v;
-}
 
 }  // namespace
 
@@ -39,7 +34,6 @@ int main(int argc, char** argv) {
   try {
     const std::string dir = argv[1];
     DecodeOptions opts;
-    opts.length_penalty = "gnmt";  // DecodingOptions' default
     int64_t threads = 0, batch = 32;
     std::string compute_type = "float32";
     bool scores = false;
@@ -51,10 +45,10 @@ int main(int argc, char** argv) {
       }
       if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value\n" + kUsage);
       const char* value = argv[++i];
-      if (flag == "--beam-size") opts.beam_size = number(flag, value);
-      else if (flag == "--threads") threads = number(flag, value);
-      else if (flag == "--batch") batch = number(flag, value);
-      else if (flag == "--max-length") opts.max_length = number(flag, value);
+      if (flag == "--beam-size") opts.beam_size = parse_integer(flag, value);
+      else if (flag == "--threads") threads = parse_integer(flag, value);
+      else if (flag == "--batch") batch = parse_integer(flag, value);
+      else if (flag == "--max-length") opts.max_length = parse_integer(flag, value);
       else if (flag == "--compute-type") compute_type = value;
       else throw std::invalid_argument("unknown option " + flag + "\n" + kUsage);
     }
@@ -62,9 +56,9 @@ int main(int argc, char** argv) {
     if (threads < 0) throw std::invalid_argument("--threads must be >= 0 (0: the default)");
     validate_options(opts);
 
-    LoadedExport exp = load_export(dir);
-    Engine engine(exp.spec, exp.weights, threads, compute_type);
-    const auto src_sp = load_sentencepiece(exp.src_tokenizer), tgt_sp = load_sentencepiece(exp.tgt_tokenizer);
+    const TokenizerFiles tokenizers = tokenizer_files(dir);
+    Engine engine(dir, threads, compute_type);
+    const auto src_sp = load_sentencepiece(tokenizers.source), tgt_sp = load_sentencepiece(tokenizers.target);
 
     std::vector<std::string> lines;
     auto flush = [&](size_t first_line) {

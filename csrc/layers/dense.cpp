@@ -1,0 +1,93 @@
+#include "dense.h"
+
+#include "../common.h"
+#include "../ops/ops.h"
+
+namespace seq2seq {
+
+ComputeType parse_compute_type(const std::string& name) {
+  if (name == "float32") return ComputeType::Float32;
+  if (name == "int8") return ComputeType::Int8;
+  if (name == "bfloat16") return ComputeType::BFloat16;
+  throw std::invalid_argument("compute_type must be float32, int8 or bfloat16, not " + name);
+}
+
+std::string compute_type_name(ComputeType type) {
+  switch (type) {
+    case ComputeType::Int8: return "int8";
+    case ComputeType::BFloat16: return "bfloat16";
+    default: return "float32";
+  }
+}
+
+Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
+    : type_(type), out_(weight.size(0)), in_(weight.size(1)) {
+  bias_ = bias.defined() ? bias.contiguous() : bias;
+  switch (type) {
+    case ComputeType::Int8:
+      int8_ = pack_int8(weight, bias_.defined() ? std::optional<at::Tensor>(bias_) : std::nullopt);
+      break;
+    case ComputeType::BFloat16:
+      bf16_ = pack_onednn(weight.to(at::kBFloat16));
+      bf16_onednn_ = bf16_.defined();
+      if (!bf16_onednn_) bf16_ = weight.t().to(at::kBFloat16).contiguous();
+      break;
+    default:
+      // (in, out) in memory: MKL multiplies a batch by it directly, where the (out, in) layout
+      // of nn.Linear makes it copy the whole matrix into its own layout at every call (up to
+      // 40% of a batched decoding step). A lone row takes the same matrix-vector path either way.
+      wt_ = weight.t().contiguous();
+      onednn_ = pack_onednn(weight);
+  }
+}
+
+at::Tensor Dense::operator()(const at::Tensor& x) const {
+  switch (type_) {
+    case ComputeType::Int8:
+      return linear_int8(x, int8_);
+    case ComputeType::BFloat16: {
+      // bfloat16 products (AVX-512 BF16 through oneDNN), the bias added in float32.
+      const auto xb = x.to(at::kBFloat16);
+      auto y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()) : at::mm(xb, bf16_);
+      y = y.to(at::kFloat);
+      return bias_.defined() ? y.add_(bias_) : y;
+    }
+    default: {
+      // oneDNN costs about 10 us a call more than MKL, which a lone row or a small product
+      // does not earn back (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
+      const int64_t rows = x.size(0);
+      if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19))
+        return linear_onednn(x, onednn_, bias_);
+      return bias_.defined() ? at::addmm(bias_, x, wt_) : at::mm(x, wt_);
+    }
+  }
+}
+
+}  // namespace seq2seq
+
+namespace seq2seq {
+
+at::Tensor WeightReader::get(const std::string& name, const std::vector<int64_t>& shape) {
+  auto it = weights_.find(name);
+  check(it != weights_.end(), "missing tensor " + name + ": the weights were exported from a different model");
+  const at::Tensor& t = it->second;
+  check(t.scalar_type() == at::kFloat, "tensor " + name + " must be float32");
+  check(t.sizes() == at::IntArrayRef(shape),
+        "tensor " + name + " has shape " + shape_str(t.sizes().vec()) + ", the model needs " + shape_str(shape));
+  used_.insert(name);
+  return t.contiguous();
+}
+
+Dense WeightReader::dense(const std::string& weight, const std::string& bias, int64_t out, int64_t in,
+                          ComputeType type) {
+  const auto w = get(weight, {out, in});
+  return Dense(w, bias.empty() ? at::Tensor() : get(bias, {out}), type);
+}
+
+void WeightReader::check_all_used() const {
+  for (const auto& [name, _] : weights_)
+    check(used_.count(name) > 0, "the weights hold tensor " + name + ", which this model does not use: they were "
+                                 "exported from a different model");
+}
+
+}  // namespace seq2seq

@@ -1,0 +1,60 @@
+// A linear layer that owns its weights in the compute type chosen when it is built, so no
+// model code branches on the compute type (CTranslate2's layers::Dense).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/core/ivalue.h>
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace seq2seq {
+
+enum class ComputeType { Float32, Int8, BFloat16 };
+
+// "float32", "int8" or "bfloat16"; std::invalid_argument naming the choices otherwise.
+ComputeType parse_compute_type(const std::string& name);
+std::string compute_type_name(ComputeType type);
+
+class Dense {
+ public:
+  Dense() = default;
+  // weight (out, in) in any memory layout, bias (out) or undefined; float32.
+  Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type);
+  // x (rows, in) float32 -> (rows, out) float32: x @ weight.T + bias.
+  at::Tensor operator()(const at::Tensor& x) const;
+  bool defined() const { return out_ > 0; }
+  int64_t out_features() const { return out_; }
+  int64_t in_features() const { return in_; }
+
+ private:
+  ComputeType type_ = ComputeType::Float32;
+  int64_t out_ = 0, in_ = 0;
+  at::Tensor wt_, bias_, onednn_;  // float32: (in, out) for MKL, and oneDNN's packed layout
+  at::Tensor bf16_;                // bfloat16: oneDNN's packed layout, or (in, out) without oneDNN
+  bool bf16_onednn_ = false;
+  c10::IValue int8_;               // int8: FBGEMM's packed per-channel weights
+};
+
+using Weights = std::map<std::string, at::Tensor>;
+
+// Hands out named tensors of the expected shape, and at the end says whether any went unused.
+class WeightReader {
+ public:
+  explicit WeightReader(const Weights& weights) : weights_(weights) {}
+  // A float32 tensor of this exact shape, contiguous.
+  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape);
+  // A matrix (out, in) and an optional bias as a Dense in the given compute type.
+  Dense dense(const std::string& weight, const std::string& bias, int64_t out, int64_t in, ComputeType type);
+  bool has(const std::string& name) const { return weights_.count(name) > 0; }
+  // Throws when the weights hold tensors this model never asked for.
+  void check_all_used() const;
+
+ private:
+  const Weights& weights_;
+  std::set<std::string> used_;
+};
+
+}  // namespace seq2seq

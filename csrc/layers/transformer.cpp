@@ -1,0 +1,89 @@
+#include "transformer.h"
+
+#include <cmath>
+
+#include "../common.h"
+#include "../ops/ops.h"
+
+namespace seq2seq {
+
+at::Tensor sinusoidal_positions(int64_t n, int64_t d) {
+  const auto pos = at::arange(n, at::kFloat).unsqueeze(1);
+  const auto freq = at::exp(at::arange(0, d, 2, at::kFloat) * (-std::log(10000.0) / static_cast<double>(d)));
+  auto table = at::zeros({n, d}, at::kFloat);
+  table.slice(1, 0, d, 2).copy_(at::sin(pos * freq));
+  table.slice(1, 1, d, 2).copy_(at::cos(pos * freq.slice(0, 0, d / 2)));
+  return table;
+}
+
+at::Tensor Embeddings::operator()(const at::Tensor& ids, int64_t start) const {
+  const int64_t T = ids.size(-1), d = table.size(1);
+  return at::embedding(table, ids) * std::sqrt(static_cast<double>(d)) + positions.slice(0, start, start + T);
+}
+
+LayerNorm::LayerNorm(WeightReader& w, const std::string& prefix, int64_t d)
+    : weight(w.get(prefix + ".weight", {d})), bias(w.get(prefix + ".bias", {d})) {}
+
+at::Tensor LayerNorm::operator()(const at::Tensor& x) const {
+  return at::layer_norm(x, {weight.size(0)}, weight, bias, 1e-5);
+}
+
+FeedForward::FeedForward(WeightReader& w, const std::string& prefix, int64_t d, int64_t ff_dim, ComputeType type)
+    : inner(w.dense(prefix + ".0.weight", prefix + ".0.bias", ff_dim, d, type)),
+      outer(w.dense(prefix + ".3.weight", prefix + ".3.bias", d, ff_dim, type)) {}
+
+at::Tensor FeedForward::operator()(const at::Tensor& x) const {
+  if (x.dim() == 2) return outer(at::relu(inner(x)));
+  const auto flat = x.reshape({-1, x.size(-1)});
+  return outer(at::relu(inner(flat))).view(x.sizes());
+}
+
+MultiHeadAttention::MultiHeadAttention(WeightReader& w, const std::string& prefix, int64_t d, int64_t heads,
+                                       ComputeType type, Role role)
+    : d_(d), heads_(heads) {
+  auto get = [&](const char* name, bool matrix) {
+    return w.get(prefix + "." + name, matrix ? std::vector<int64_t>{d, d} : std::vector<int64_t>{d});
+  };
+  wq_ = get("q_proj.weight", true), bq_ = get("q_proj.bias", false);
+  wk_ = get("k_proj.weight", true), bk_ = get("k_proj.bias", false);
+  wv_ = get("v_proj.weight", true), bv_ = get("v_proj.bias", false);
+  wo_ = get("out_proj.weight", true), bo_ = get("out_proj.bias", false);
+  if (role == Role::Encoder) return;  // the whole sequence at once, in float32
+  // Self-attention: one product for the step's query, key and value.
+  if (role == Role::DecoderSelf) qkv_ = Dense(at::cat({wq_, wk_, wv_}), at::cat({bq_, bk_, bv_}), type);
+  else query_ = Dense(wq_, bq_, type);
+  out_ = Dense(wo_, bo_, type);
+}
+
+at::Tensor MultiHeadAttention::sequence(const at::Tensor& x, const at::Tensor& mask) const {
+  const int64_t N = x.size(0), S = x.size(1), dh = d_ / heads_;
+  auto split = [&](const at::Tensor& t) { return t.view({N, S, heads_, dh}).transpose(1, 2); };
+  const auto q = split(at::linear(x, wq_, bq_)), k = split(at::linear(x, wk_, bk_)),
+             v = split(at::linear(x, wv_, bv_));
+  const auto scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
+  const auto weights = at::softmax(scores.masked_fill(mask.logical_not(), -INFINITY), -1);
+  const auto out = at::matmul(weights, v).transpose(1, 2).reshape({N, S, -1});
+  return at::linear(out, wo_, bo_);
+}
+
+at::Tensor MultiHeadAttention::step_self(const at::Tensor& x, at::Tensor& keys, at::Tensor& values) const {
+  const auto qkv = qkv_(x).chunk(3, 1);
+  keys = keys.defined() ? at::cat({keys, qkv[1].unsqueeze(1)}, 1) : qkv[1].unsqueeze(1).contiguous();
+  values = values.defined() ? at::cat({values, qkv[2].unsqueeze(1)}, 1) : qkv[2].unsqueeze(1).contiguous();
+  const auto lengths = at::full({x.size(0)}, keys.size(1), x.options().dtype(at::kLong));
+  const auto [context, weights] = multi_head_attention(qkv[0], keys, values, lengths, std::nullopt, heads_);
+  return out_(context);
+}
+
+std::pair<at::Tensor, at::Tensor> MultiHeadAttention::source_keys_values(const at::Tensor& memory) const {
+  return {at::linear(memory, wk_, bk_).contiguous(), at::linear(memory, wv_, bv_).contiguous()};
+}
+
+std::pair<at::Tensor, at::Tensor> MultiHeadAttention::step_cross(const at::Tensor& x, const at::Tensor& keys,
+                                                                 const at::Tensor& values, const at::Tensor& lengths,
+                                                                 const at::Tensor& sentence) const {
+  const auto [context, weights] = multi_head_attention(query_(x), keys, values, lengths, sentence, heads_);
+  return {out_(context), weights};
+}
+
+}  // namespace seq2seq

@@ -1,0 +1,67 @@
+// The Transformer's layers: embeddings with positions, layer norm, feed-forward and
+// multi-head attention, each over a whole sequence (the encoder, once per batch) and over
+// one position per row (a decode step, with the key/value cache kept in the State).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <utility>
+
+#include "dense.h"
+
+namespace seq2seq {
+
+// The position table of seq2seq.models.sinusoidal_positions, computed the same way.
+at::Tensor sinusoidal_positions(int64_t n, int64_t d);
+
+struct Embeddings {
+  at::Tensor table, positions;  // (vocabulary, d), (max positions, d)
+  // table[ids] * sqrt(d) + positions[start + t], ids (N, T) -> (N, T, d).
+  at::Tensor operator()(const at::Tensor& ids, int64_t start) const;
+};
+
+struct LayerNorm {
+  at::Tensor weight, bias;
+  LayerNorm() = default;
+  LayerNorm(WeightReader& w, const std::string& prefix, int64_t d);
+  at::Tensor operator()(const at::Tensor& x) const;
+};
+
+struct FeedForward {
+  Dense inner, outer;  // d -> ff_dim, ReLU, ff_dim -> d
+  FeedForward() = default;
+  FeedForward(WeightReader& w, const std::string& prefix, int64_t d, int64_t ff_dim, ComputeType type);
+  at::Tensor operator()(const at::Tensor& x) const;
+};
+
+class MultiHeadAttention {
+ public:
+  // What the layer attends to decides which products it prepares in the compute type.
+  enum class Role { Encoder, DecoderSelf, DecoderCross };
+  MultiHeadAttention() = default;
+  // prefix names nn.Module seq2seq.models.MultiHeadAttention's tensors ({q,k,v,out}_proj).
+  MultiHeadAttention(WeightReader& w, const std::string& prefix, int64_t d, int64_t heads, ComputeType type,
+                     Role role);
+
+  // Every position of x (N, S, d) against the positions `mask` (N, 1, 1, S) keeps, in
+  // float32 with seq2seq/models.py's own operations.
+  at::Tensor sequence(const at::Tensor& x, const at::Tensor& mask) const;
+
+  // Self-attention of a decode step: x (R, d); keys/values (R, t, d) grow by this position.
+  at::Tensor step_self(const at::Tensor& x, at::Tensor& keys, at::Tensor& values) const;
+
+  // The source's keys and values (N, S, d), heads side by side, computed once per batch.
+  std::pair<at::Tensor, at::Tensor> source_keys_values(const at::Tensor& memory) const;
+  // Cross-attention of a decode step: x (R, d) against the source of each row's sentence.
+  // Returns the output (R, d) and the weights (R, heads, S).
+  std::pair<at::Tensor, at::Tensor> step_cross(const at::Tensor& x, const at::Tensor& keys, const at::Tensor& values,
+                                               const at::Tensor& lengths, const at::Tensor& sentence) const;
+
+ private:
+  int64_t d_ = 0, heads_ = 0;
+  at::Tensor wq_, bq_, wk_, bk_, wv_, bv_, wo_, bo_;  // float32, for sequence() and the source's keys/values
+  Dense qkv_, query_, out_;                           // the decode step's products, in the compute type
+};
+
+}  // namespace seq2seq

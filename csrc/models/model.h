@@ -1,0 +1,74 @@
+// The model-step interface the search drives (CTranslate2's layers::Decoder, Marian's Scorer):
+//
+//   State s = model.encode(sources);                  // once per batch
+//   Step out = model.step(i, previous_ids, s);        // logits (rows, vocab) for token i
+//   reorder(s, rows);                                 // the beams moved, finished rows left
+//
+// A model keeps whatever it needs between steps in the State's two name -> tensor maps, so
+// the search reorders every family's state with one generic gather.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../layers/dense.h"
+
+
+namespace seq2seq {
+
+using TensorMap = std::map<std::string, at::Tensor>;
+
+struct State {
+  TensorMap rows;     // first dimension: the (sentence x beam) row; follows the beams
+  TensorMap sources;  // first dimension: the sentence; a row finds its own through rows["sentence"]
+};
+
+// Keeps the given rows of every tensor in state.rows (repeating or reordering them).
+void reorder(State& state, const at::Tensor& rows);
+
+struct Step {
+  at::Tensor logits;     // (rows, target vocabulary), float32
+  at::Tensor attention;  // (rows, source length) or (rows, heads, source length); undefined without
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  // Sources are token ids without <eos>; encode appends it. rows["sentence"] starts as 0..N-1.
+  virtual State encode(const std::vector<std::vector<int64_t>>& sources) const = 0;
+  // The logits of the token at output position `step` (0 for the first) given the previous
+  // token of every row (<bos> at step 0).
+  virtual Step step(int64_t step, const at::Tensor& previous, State& state) const = 0;
+  // The longest source (in tokens, without <eos>) the model reads, or 0 for no limit.
+  virtual int64_t max_source_length() const { return 0; }
+
+  std::string family;
+  int64_t source_vocabulary = 0, target_vocabulary = 0;
+  at::TensorOptions options = at::TensorOptions().dtype(at::kFloat);  // the weights' device
+};
+
+// The model a config.json "model" object describes (every field of seq2seq.config.ModelConfig,
+// no more and no fewer), built from its state_dict tensors: the only place that reads the
+// model configuration. Throws std::invalid_argument naming a bad field or tensor.
+std::unique_ptr<Model> create_model(const std::string& model_config_json, const Weights& weights,
+                                    ComputeType compute_type);
+
+// The families (models/rnn.cpp, models/transformer.cpp). Config values are read by the factory.
+struct RnnConfig {
+  std::string family, cell, attention;
+  int64_t src_vocab, tgt_vocab, emb_dim, hidden, layers, attention_dim;
+  bool bidirectional, context_feed, input_feed;
+};
+std::unique_ptr<Model> create_rnn(const RnnConfig& cfg, const Weights& weights, ComputeType type);
+
+struct TransformerConfig {
+  int64_t src_vocab, tgt_vocab, d_model, heads, ff_dim, enc_layers, dec_layers, max_positions;
+  bool pre_norm, learned_positions, tie_embeddings;
+};
+std::unique_ptr<Model> create_transformer(const TransformerConfig& cfg, const Weights& weights, ComputeType type);
+
+}  // namespace seq2seq

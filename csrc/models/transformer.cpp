@@ -1,0 +1,152 @@
+// The Transformer of seq2seq/models.py: pre- or post-norm, sinusoidal or learned positions,
+// tied or separate output embeddings, any layer, head and width count, ReLU feed-forward.
+//
+// State: rows k0, v0, ... (each decoder layer's self-attention cache, (rows, t, d), one
+//        position longer every step), sentence;
+//        sources ck0, cv0, ... (each layer's keys/values of the source, (N, S, d)), lengths.
+#include <ATen/ATen.h>
+
+#include "../common.h"
+#include "../layers/transformer.h"
+#include "model.h"
+
+namespace seq2seq {
+namespace {
+
+struct EncoderLayer {
+  MultiHeadAttention attn;
+  FeedForward ff;
+  LayerNorm norm1, norm2;
+};
+
+struct DecoderLayer {
+  MultiHeadAttention self_attn, cross_attn;
+  FeedForward ff;
+  LayerNorm norm0, norm1, norm2;
+  std::string k, v, ck, cv;  // its names in the State
+};
+
+class TransformerModel : public Model {
+ public:
+  TransformerModel(const TransformerConfig& cfg, const Weights& weights, ComputeType type);
+  State encode(const std::vector<std::vector<int64_t>>& sources) const override;
+  Step step(int64_t step, const at::Tensor& previous, State& state) const override;
+  int64_t max_source_length() const override { return cfg_.max_positions - 1; }
+
+ private:
+  // A residual sublayer: x + f(norm(x)) before normalization (pre-norm), norm(x + f(x)) after.
+  template <typename F>
+  at::Tensor residual(const at::Tensor& x, const LayerNorm& norm, F f) const {
+    return cfg_.pre_norm ? x + f(norm(x)) : norm(x + f(x));
+  }
+
+  TransformerConfig cfg_;
+  Embeddings src_embed_, tgt_embed_;
+  std::vector<EncoderLayer> enc_;
+  std::vector<DecoderLayer> dec_;
+  LayerNorm enc_norm_, dec_norm_;  // pre-norm only
+  Dense out_;
+};
+
+TransformerModel::TransformerModel(const TransformerConfig& s, const Weights& weights, ComputeType type) : cfg_(s) {
+  check(s.d_model > 0 && s.heads > 0 && s.d_model % s.heads == 0,
+        "model.d_model must be a positive multiple of model.heads");
+  check(s.ff_dim > 0 && s.enc_layers > 0 && s.dec_layers > 0 && s.max_positions > 1,
+        "model.ff_dim, enc_layers, dec_layers must be positive and max_positions above 1");
+  family = "transformer";
+  source_vocabulary = s.src_vocab;
+  target_vocabulary = s.tgt_vocab;
+  const int64_t d = s.d_model;
+  using Role = MultiHeadAttention::Role;
+  WeightReader w(weights);
+  const auto positions = s.learned_positions ? w.get("pos.weight", {s.max_positions, d})
+                                             : sinusoidal_positions(s.max_positions, d);
+  src_embed_ = {w.get("src_embed.weight", {s.src_vocab, d}), positions};
+  tgt_embed_ = {w.get("tgt_embed.weight", {s.tgt_vocab, d}), positions};
+  for (int64_t i = 0; i < s.enc_layers; ++i) {
+    const std::string p = "enc." + std::to_string(i);
+    // The encoder runs once per batch and stays in float32, as in the RNN families.
+    enc_.push_back({MultiHeadAttention(w, p + ".attn", d, s.heads, type, Role::Encoder),
+                    FeedForward(w, p + ".ff", d, s.ff_dim, ComputeType::Float32), LayerNorm(w, p + ".sub1.norm", d),
+                    LayerNorm(w, p + ".sub2.norm", d)});
+  }
+  for (int64_t i = 0; i < s.dec_layers; ++i) {
+    const std::string p = "dec." + std::to_string(i), n = std::to_string(i);
+    dec_.push_back({MultiHeadAttention(w, p + ".self_attn", d, s.heads, type, Role::DecoderSelf),
+                    MultiHeadAttention(w, p + ".cross_attn", d, s.heads, type, Role::DecoderCross),
+                    FeedForward(w, p + ".ff", d, s.ff_dim, type), LayerNorm(w, p + ".subs.0.norm", d),
+                    LayerNorm(w, p + ".subs.1.norm", d), LayerNorm(w, p + ".subs.2.norm", d), "k" + n, "v" + n,
+                    "ck" + n, "cv" + n});
+  }
+  if (s.pre_norm) {
+    enc_norm_ = LayerNorm(w, "enc_norm", d);
+    dec_norm_ = LayerNorm(w, "dec_norm", d);
+  }
+  // Tied embeddings are exported as two equal tensors; the output layer reads its own.
+  out_ = w.dense("out.weight", "out.bias", s.tgt_vocab, d, type);
+  w.check_all_used();
+}
+
+State TransformerModel::encode(const std::vector<std::vector<int64_t>>& sources) const {
+  const int64_t N = static_cast<int64_t>(sources.size());
+  int64_t S = 0;
+  for (const auto& s : sources) S = std::max<int64_t>(S, static_cast<int64_t>(s.size()) + 1);
+  auto src = at::full({N, S}, kPad, at::kLong);
+  auto lengths = at::empty({N}, at::kLong);
+  auto* ids = src.data_ptr<int64_t>();
+  auto* len = lengths.data_ptr<int64_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    std::copy(sources[n].begin(), sources[n].end(), ids + n * S);
+    ids[n * S + sources[n].size()] = kEos;
+    len[n] = static_cast<int64_t>(sources[n].size()) + 1;
+  }
+  const auto mask = src.ne(kPad).view({N, 1, 1, S});
+  auto x = src_embed_(src, 0);
+  for (const auto& layer : enc_) {
+    x = residual(x, layer.norm1, [&](const at::Tensor& y) { return layer.attn.sequence(y, mask); });
+    x = residual(x, layer.norm2, layer.ff);
+  }
+  const auto memory = cfg_.pre_norm ? enc_norm_(x) : x;
+  State state;
+  state.sources["lengths"] = lengths;
+  state.rows["sentence"] = at::arange(N, at::kLong);
+  const auto empty = at::empty({N, 0, cfg_.d_model}, at::kFloat);
+  for (const auto& layer : dec_) {
+    std::tie(state.sources[layer.ck], state.sources[layer.cv]) = layer.cross_attn.source_keys_values(memory);
+    state.rows[layer.k] = empty;
+    state.rows[layer.v] = empty;
+  }
+  return state;
+}
+
+Step TransformerModel::step(int64_t step, const at::Tensor& previous, State& state) const {
+  check(step < cfg_.max_positions, "sequence of " + std::to_string(step + 1) +
+                                       " tokens exceeds ModelConfig.max_positions=" +
+                                       std::to_string(cfg_.max_positions));
+  auto& rows = state.rows;
+  const auto& sentence = rows.at("sentence");
+  const auto& lengths = state.sources.at("lengths");
+  auto x = tgt_embed_(previous.unsqueeze(1), step).squeeze(1);
+  at::Tensor weights;
+  for (const auto& layer : dec_) {
+    x = residual(x, layer.norm0,
+                 [&](const at::Tensor& y) { return layer.self_attn.step_self(y, rows[layer.k], rows[layer.v]); });
+    x = residual(x, layer.norm1, [&](const at::Tensor& y) {
+      auto [out, w] = layer.cross_attn.step_cross(y, state.sources.at(layer.ck), state.sources.at(layer.cv), lengths,
+                                                  sentence);
+      weights = w;
+      return out;
+    });
+    x = residual(x, layer.norm2, layer.ff);
+  }
+  if (cfg_.pre_norm) x = dec_norm_(x);
+  return {out_(x), weights};
+}
+
+}  // namespace
+
+std::unique_ptr<Model> create_transformer(const TransformerConfig& cfg, const Weights& weights, ComputeType type) {
+  return std::make_unique<TransformerModel>(cfg, weights, type);
+}
+
+}  // namespace seq2seq

@@ -1,0 +1,128 @@
+// Vectorized helpers of the CPU kernels: 16-float vectors (one AVX-512 register, two AVX2
+// ones) through GCC's vector extensions, so the row loops run 16 lanes at a time whatever
+// the compiler's own vectorizer decides. Internal to the ops/cpu/ files.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "../../common.h"
+
+namespace seq2seq {
+namespace cpu {
+
+// A rational approximation of tanh accurate to a few float ulp (the form Eigen uses); unlike
+// std::tanh it has no branches, so the compiler vectorizes the loops that call it.
+inline float tanh_rational(float x) {
+  x = std::min(7.90531110763549805f, std::max(-7.90531110763549805f, x));
+  const float x2 = x * x;
+  float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = x2 * p + -8.60467152213735e-11f;
+  p = x2 * p + 5.12229709037114e-08f;
+  p = x2 * p + 1.48572235717979e-05f;
+  p = x2 * p + 6.37261928875436e-04f;
+  p = x2 * p + 4.89352455891786e-03f;
+  p = x * p;
+  float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = x2 * q + 2.26843463243900e-03f;
+  q = x2 * q + 4.89352518554385e-03f;
+  return p / q;
+}
+
+// Without AVX-512 (SEQ2SEQ_PORTABLE=1) GCC warns that passing these by value has another ABI;
+// every function taking them is internal to the ops/cpu/ files, so no ABI is crossed.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+
+inline f32x16 load16(const float* x) {
+  f32x16 v;
+  std::memcpy(&v, x, sizeof v);
+  return v;
+}
+
+// exp(x) for x <= 0, within 2 float ulp of std::exp: Cephes' polynomial on x - n ln 2,
+// scaled by 2^n. Below -87 (-inf included) it gives exp(-87), about 1.6e-38, where exp
+// gives less: next to exp(0) = 1 in a softmax sum that is nothing, and the clamp keeps n
+// where 2^n is a normal float.
+inline f32x16 exp_nonpositive(f32x16 x) {
+  const f32x16 lowest = f32x16{} - 87.0f;
+  x = x < lowest ? lowest : x;
+  // n = round(x / ln 2): adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+  const f32x16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  f32x16 r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  f32x16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const f32x16 y = p * r * r + r + 1.0f;
+  const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
+  f32x16 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+inline float row_max(const float* x, int64_t V) {
+  float mx = kNegInf;
+  int64_t t = 0;
+  if (V >= kLanes) {
+    f32x16 m = load16(x);
+    for (t = kLanes; t + kLanes <= V; t += kLanes) {
+      const f32x16 v = load16(x + t);
+      m = m < v ? v : m;
+    }
+    for (int j = 0; j < kLanes; ++j) mx = std::max(mx, m[j]);
+  }
+  for (; t < V; ++t) mx = std::max(mx, x[t]);
+  return mx;
+}
+
+// log(sum exp(x - mx)). Each lane sums 16 terms in float, then joins a double sum: a float
+// sum over a whole large vocabulary drifts by 1e-5.
+inline float row_log_sum_exp(const float* x, int64_t V, float mx) {
+  double sum = 0.0;
+  int64_t t = 0;
+  while (t + kLanes <= V) {
+    f32x16 acc = {};
+    for (int64_t end = std::min(V - kLanes, t + 15 * kLanes); t <= end; t += kLanes)
+      acc += exp_nonpositive(load16(x + t) - mx);
+    for (int j = 0; j < kLanes; ++j) sum += acc[j];
+  }
+  if (t < V) {
+    float tail[kLanes];
+    std::fill(tail, tail + kLanes, kNegInf);
+    std::copy(x + t, x + V, tail);
+    const f32x16 e = exp_nonpositive(load16(tail) - mx);
+    for (int64_t j = 0; j < V - t; ++j) sum += e[j];
+  }
+  return static_cast<float>(std::log(sum));
+}
+
+// The sum of a[i] * b[i], 16 lanes at a time.
+inline float dot(const float* a, const float* b, int64_t n) {
+  int64_t i = 0;
+  float sum = 0.f;
+  if (n >= kLanes) {
+    f32x16 acc = {};
+    for (; i + kLanes <= n; i += kLanes) acc += load16(a + i) * load16(b + i);
+    for (int j = 0; j < kLanes; ++j) sum += acc[j];
+  }
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+inline void check_float(const at::Tensor& t, const char* name, int64_t dim) {
+  check(t.scalar_type() == at::kFloat, std::string(name) + " must be float32");
+  check(t.dim() == dim, std::string(name) + " must have " + std::to_string(dim) + " dimensions");
+  check(t.device().is_cpu(), std::string(name) + " must be on the CPU");
+}
+
+}  // namespace cpu
+}  // namespace seq2seq

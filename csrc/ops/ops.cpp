@@ -1,0 +1,57 @@
+// The engine's ops, declared once: torch.ops.seq2seq.*. Implementations register per device
+// (ops/cpu/*.cpp: TORCH_LIBRARY_IMPL(seq2seq, CPU, m)); the functions below call them
+// through the dispatcher.
+#include "ops.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(seq2seq, m) {
+  m.def("attention(Tensor query, Tensor keys, Tensor memory, Tensor lengths, Tensor sentence, Tensor? v) "
+        "-> (Tensor, Tensor)");
+  m.def("multi_head_attention(Tensor query, Tensor keys, Tensor values, Tensor lengths, Tensor? sentence, "
+        "int heads) -> (Tensor, Tensor)");
+  m.def("beam_candidates(Tensor logits, Tensor row_scores, Tensor eos_rule, int[] banned, int eos, int group, "
+        "int count) -> (Tensor, Tensor)");
+  // The engine's oneDNN product, packing the weight at every call: for tests.
+  m.def("linear_onednn(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+}
+
+namespace seq2seq {
+namespace {
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query, const at::Tensor& keys,
+                                             const at::Tensor& memory, const at::Tensor& lengths,
+                                             const at::Tensor& sentence, const std::optional<at::Tensor>& v) {
+  static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+      const std::optional<at::Tensor>&)>("seq2seq::attention");
+  return handle.call(query, keys, memory, lengths, sentence, v);
+}
+
+std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query, const at::Tensor& keys,
+                                                        const at::Tensor& values, const at::Tensor& lengths,
+                                                        const std::optional<at::Tensor>& sentence, int64_t heads) {
+  static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+      int64_t)>("seq2seq::multi_head_attention");
+  return handle.call(query, keys, values, lengths, sentence, heads);
+}
+
+std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, const at::Tensor& row_scores,
+                                                   const at::Tensor& eos_rule, at::IntArrayRef banned,
+                                                   int64_t eos, int64_t group, int64_t count) {
+  static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t, int64_t, int64_t)>(
+      "seq2seq::beam_candidates");
+  return handle.call(logits, row_scores, eos_rule, banned, eos, group, count);
+}
+
+}  // namespace seq2seq
