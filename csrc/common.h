@@ -36,8 +36,8 @@ inline std::string read_file(const std::string& path) {
   return s.str();
 }
 
-// A command-line number: the whole text must parse, else an error naming the flag.
-inline double parse_number(const std::string& flag, const std::string& text) {
+// A command-line number: the whole text must parse, else an error naming the flag and `kind`.
+inline double parse_number(const std::string& flag, const std::string& text, const char* kind = "a number") {
   size_t used = 0;
   double v = 0;
   try {
@@ -46,13 +46,13 @@ inline double parse_number(const std::string& flag, const std::string& text) {
     used = 0;
   }
   if (text.empty() || used != text.size() || !std::isfinite(v))
-    throw std::invalid_argument(flag + " takes a number, not '" + text + "'");
+    throw std::invalid_argument(flag + " takes " + kind + ", not '" + text + "'");
   return v;
 }
 
 // A whole number: "--clients 1.5" is an error, not one client.
 inline int64_t parse_integer(const std::string& flag, const std::string& text) {
-  const double v = parse_number(flag, text);
+  const double v = parse_number(flag, text, "an integer");
   if (v != std::floor(v) || std::fabs(v) > 9.0e15)
     throw std::invalid_argument(flag + " takes an integer, not '" + text + "'");
   return static_cast<int64_t>(v);

@@ -301,6 +301,10 @@ class CTranslate2Decoder:
                                  f"the model has max_positions={limit}; lower DecodingOptions.max_length "
                                  "or max_length_ratio")
 
+    def decode_ids(self, sources: list[list[int]], opts: DecodingOptions) -> list[list[Hypothesis]]:
+        """The name seq2seq bench calls every backend by."""
+        return self.translate_ids(sources, opts)
+
     def translate_ids(self, sources: list[list[int]], opts: DecodingOptions) -> list[list[Hypothesis]]:
         """The n-best hypotheses of every source (token ids without <eos>), best first."""
         validate_decoding_options(opts)

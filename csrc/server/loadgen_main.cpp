@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "../common.h"
 #include "seq2seq/v1/translation.grpc.pb.h"
 
 namespace {
@@ -39,14 +40,12 @@ const char* kUsage =
     "[--max-requests R] [--beam-size K] [--model NAME] [--timeout S]\n";
 
 double number(const std::string& flag, const std::string& value) {
-  size_t used = 0;
   double v = 0;
   try {
-    v = std::stod(value, &used);
-  } catch (const std::exception&) {
+    v = seq2seq::parse_number(flag, value);
+  } catch (const std::invalid_argument&) {
   }
-  if (used != value.size() || value.empty() || !(v > 0))
-    throw std::invalid_argument(flag + " needs a positive number, not '" + value + "'");
+  if (!(v > 0)) throw std::invalid_argument(flag + " needs a positive number, not '" + value + "'");
   return v;
 }
 
