@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "engine.h"
+#include "ops/ops.h"
 
 namespace py = pybind11;
 using namespace seq2seq;
@@ -24,6 +25,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("validate_options", &validate_options, py::arg("options"),
         "Raises ValueError with seq2seq.config.validate_decoding_options' message for bad options");
   m.attr("MAX_BEAM") = kMaxBeam;
+  m.def("int8_activation_bits", &int8_activation_bits,
+        "8 where the CPU has int8 dot-product instructions (AVX-512 VNNI), else 7: FBGEMM's 16-bit sums");
   py::class_<Hypothesis>(m, "Hypothesis")
       .def_readonly("tokens", &Hypothesis::tokens)
       .def_readonly("score", &Hypothesis::score)

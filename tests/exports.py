@@ -13,6 +13,16 @@ from seq2seq.models import build_model
 from tests.test_models import FAMILIES, SMALL
 
 
+def int8_agreement() -> float:
+    """The share of int8 outputs that should equal the float32 ones. On CPUs without int8
+    dot-product instructions (AVX-512 VNNI) int8 engines give each activation 7 bits, not 8
+    (FBGEMM's 16-bit sums would saturate), and more outputs move: measured on an AVX2 EPYC,
+    64-79% where VNNI machines give 80-95%. A wrong conversion agrees on next to nothing."""
+    from seq2seq.engine import extension
+
+    return 0.8 if extension().int8_activation_bits() == 8 else 0.6
+
+
 def sentencepiece_tokenizer(sentences: list[str], vocab_size: int = 400) -> PairTokenizer:
     from seq2seq.data.tokenizers import SentencePieceTokenizer
 

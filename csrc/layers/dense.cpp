@@ -28,7 +28,13 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
       int8_ = pack_int8(weight, bias_.defined() ? std::optional<at::Tensor>(bias_) : std::nullopt);
       break;
     case ComputeType::BFloat16:
-      bf16_ = pack_onednn(weight.to(at::kBFloat16));
+      try {
+        bf16_ = pack_onednn(weight.to(at::kBFloat16));
+      } catch (const c10::Error&) {
+        // oneDNN's bf16 needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; elsewhere ATen's own
+        // bf16 product, which keeps the numbers (float accumulation) but not the speed.
+        bf16_ = at::Tensor();
+      }
       bf16_onednn_ = bf16_.defined();
       if (!bf16_onednn_) bf16_ = weight.t().to(at::kBFloat16).contiguous();
       break;

@@ -59,4 +59,7 @@ c10::IValue pack_int8(const at::Tensor& weight, const std::optional<at::Tensor>&
 // CPU lacks VNNI: FBGEMM's AVX2 path would otherwise saturate its 16-bit sums).
 at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed);
 
+// The bits linear_int8 gives each activation on this CPU: 8, or 7 without VNNI.
+int64_t int8_activation_bits();
+
 }  // namespace seq2seq

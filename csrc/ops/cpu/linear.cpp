@@ -67,9 +67,11 @@ c10::IValue pack_int8(const at::Tensor& weight, const std::optional<at::Tensor>&
   return stack[0];
 }
 
+int64_t int8_activation_bits() { return at::cpu::is_avx512_vnni_supported() ? 8 : 7; }
+
 at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed) {
   static const auto dynamic = quantized_op("quantized::linear_dynamic");
-  static const bool reduce_range = !at::cpu::is_avx512_vnni_supported();
+  static const bool reduce_range = int8_activation_bits() == 7;
   torch::jit::Stack stack{x.contiguous(), packed, reduce_range};
   dynamic.callBoxed(&stack);
   return stack[0].toTensor();
