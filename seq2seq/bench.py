@@ -1,4 +1,5 @@
-"""`seq2seq bench`: the C++ engine against the Python reference decoder, side by side.
+"""`seq2seq bench`: the C++ engine against the Python reference decoder (and, with
+``--against ctranslate2``, CTranslate2), side by side.
 
 Both decode the same token ids (tokenization is left out: it is the same code for both) in
 batches of the same sentences, in corpus order, with the same number of threads; the
@@ -111,19 +112,29 @@ def model_flops(cfg: ModelConfig, model: torch.nn.Module, sources: list[list[int
                 beam: int) -> float:
     """Multiply-adds x 2 of the encoder over every source token and of the decoder for
     `beam` rows per output token (a lower bound: beams still open after the best
-    hypothesis ended are not counted), attention over the source included."""
-    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder.") and p.dim() == 2
+    hypothesis ended are not counted), attention over the source included (and, for the
+    Transformer, self-attention over the positions decoded so far)."""
+    once = ("encoder.", "enc.")
+    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith(once) and p.dim() == 2
               and "embed" not in n)
-    key = sum(p.numel() for n, p in model.named_parameters() if "key_proj" in n)
+    # Projections of the source computed once per sentence: RNN keys, Transformer cross keys/values.
+    key = sum(p.numel() for n, p in model.named_parameters()
+              if p.dim() == 2 and ("key_proj" in n or ".cross_attn.k_proj" in n or ".cross_attn.v_proj" in n))
     step = decoder_step_weights(model)
-    additive = cfg.attention in ("bahdanau", "concat")
-    # Per source position: the score (over the key width) and the context sum (over the memory).
-    attn_width = (cfg.attention_dim if additive else cfg.hidden) + cfg.hidden if cfg.family == "attention" else 0
+    # Per attended position: the score and the context sum, each over the attended width.
+    if cfg.family == "transformer":
+        src_width, self_width = 2 * cfg.d_model * cfg.dec_layers, 2 * cfg.d_model * cfg.dec_layers
+        enc_attn = 2 * cfg.d_model * cfg.enc_layers  # per source position pair
+    else:
+        additive = cfg.attention in ("bahdanau", "concat")
+        src_width = (cfg.attention_dim if additive else cfg.hidden) + cfg.hidden if cfg.family == "attention" else 0
+        self_width = enc_attn = 0
     flops = 0.0
     for src, out in zip(sources, outputs):
-        s = len(src) + 1
-        flops += 2 * s * (enc + key)
-        flops += 2 * beam * (len(out) + 1) * (step + s * attn_width)
+        s, t = len(src) + 1, len(out) + 1
+        flops += 2 * s * (enc + key) + 2 * s * s * enc_attn
+        # Step i attends over s source positions and i + 1 decoded ones.
+        flops += 2 * beam * (t * (step + s * src_width) + t * (t + 1) // 2 * self_width)
     return flops
 
 
@@ -177,7 +188,8 @@ def limits(cfg: ModelConfig, model, sources, results: dict, cases: list[Case]) -
     if ones and engines:
         bandwidth = copy_bandwidth_gbs()
         for backend in engines:
-            weight_bytes = (1 if "int8" in backend else 4) * decoder_step_weights(model)
+            size = 1 if "int8" in backend else 2 if "bfloat16" in backend else 4
+            weight_bytes = size * decoder_step_weights(model)
             for case in ones:
                 r = results[case.name][backend]
                 steps = sum(len(o) + 1 for o in r["outputs"])  # a step per output token reads every weight once
@@ -188,17 +200,26 @@ def limits(cfg: ModelConfig, model, sources, results: dict, cases: list[Case]) -
     return lines
 
 
+def peer_ratio(row: dict, backend: str) -> str:
+    """An engine backend's speed over CTranslate2's best of the same compute type (bfloat16,
+    which CTranslate2 refuses on the CPU: over its best of any type)."""
+    kind = backend.split(" ")[1] if " " in backend else "float32"
+    peers = [r["sentences_per_s"] for b, r in row.items() if b.startswith("ct2") and (kind in b or kind == "bfloat16")]
+    return f"{row[backend]['sentences_per_s'] / max(peers):.2f}x" if peers else ""
+
+
 def markdown(results: dict, cases: list[Case]) -> str:
-    lines = ["| case | backend | sentences/s | tokens/s | p50 ms | p90 ms | peak memory MiB | C++ / Python | "
-             "same output |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| case | backend | sentences/s | tokens/s | p50 ms | p90 ms | peak memory MiB | / Python | "
+             "C++ / CTranslate2 | same output |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case in cases:
         row = results[case.name]
         for backend, r in row.items():
             ratio = ""
-            if backend.startswith("cpp") and "python" in row:
+            if backend != "python" and "python" in row:
                 ratio = f"{r['sentences_per_s'] / row['python']['sentences_per_s']:.1f}x"
+            peer = peer_ratio(row, backend) if backend.startswith("cpp") else ""
             lines.append(f"| {case.name} | {backend} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
-                         f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['peak_memory_mb']:.0f} | {ratio} | "
+                         f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['peak_memory_mb']:.0f} | {ratio} | {peer} | "
                          f"{r.get('identical', '')} |")
     return "\n".join(lines) + "\n"
 
@@ -214,7 +235,7 @@ def bench(translators: dict, sources: list[list[int]], cases: list[Case], opts: 
             log(f"{case.name:10} {backend:12} {r['sentences_per_s']:8.1f} sent/s  {r['tokens_per_s']:8.0f} tok/s  "
                 f"p50 {r['p50_ms']:7.1f} ms  p90 {r['p90_ms']:7.1f} ms")
         row = results[case.name]
-        for backend in [b for b in row if b.startswith("cpp") and "python" in row]:
+        for backend in [b for b in row if b != "python" and "python" in row]:
             same = sum(a == b for a, b in zip(row[backend]["outputs"], row["python"]["outputs"]))
             log(f"{case.name:10} {backend}: {same} of {len(sources)} outputs identical to the Python reference's")
             row[backend]["identical"] = same

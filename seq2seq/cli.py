@@ -20,7 +20,7 @@ import argparse
 import os
 import json
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from seq2seq.config import DataConfig, DecodingOptions
@@ -288,6 +288,24 @@ def cmd_plot_attention(args) -> int:
     return 0
 
 
+def ctranslate2_backends(model: str, types: list[str], threads: int, folder: Path) -> dict:
+    """CTranslate2 on the export converted per compute type it has (float32, int8), with one
+    intra-op thread and with `threads`: on two virtual CPUs its batch-1 decoding is several
+    times faster on one thread than on two."""
+    from seq2seq.convert import CTranslate2Decoder, convert_to_ctranslate2
+    from seq2seq.export import is_export
+
+    if not is_export(model):
+        raise ValueError(f"--against ctranslate2 needs an export directory (seq2seq export), not {model}")
+    backends = {}
+    for t in [t for t in types if t in ("float32", "int8")]:
+        out = convert_to_ctranslate2(model, folder / f"ctranslate2-{t}", quantization=t)
+        for n in sorted({1, threads}):
+            # exact_scores=False: the search alone, as the engine's timings are
+            backends[f"ct2 {t} {n}t"] = CTranslate2Decoder(out, compute_type=t, intra_threads=n, exact_scores=False)
+    return backends
+
+
 def cmd_bench(args) -> int:
     import platform
     import tempfile
@@ -311,6 +329,8 @@ def cmd_bench(args) -> int:
                 translators[name] = load_backend("cpp", args.model, "cpu", args.threads, Path(tmp) / t, t)
         if args.backend in ("python", "both"):
             translators["python"] = load_backend("python", args.model, "cpu", args.threads, Path(tmp))
+        if args.against == "ctranslate2":
+            translators.update(ctranslate2_backends(args.model, types, torch.get_num_threads(), Path(tmp)))
     first = next(iter(translators.values()))
     if args.input:
         split = args.input
@@ -324,6 +344,10 @@ def cmd_bench(args) -> int:
     print(f"{len(sources)} sentences of {split}; {cpu}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     opts = decoding_options(args)
+    if args.against and opts.length_penalty == "gnmt":
+        # CTranslate2's beam search has no GNMT penalty; none is the one both rank alike.
+        opts = replace(opts, length_penalty="none")
+        print("length_penalty none for every backend: CTranslate2 has no gnmt penalty")
     results = bench.bench(translators, sources, cases, opts)
     model = (translators.get("python") or first).model
     limit_lines = bench.limits(first.model_cfg, model, sources, results, cases)
@@ -602,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("python", "cpp", "both"), default="python",
                    help="the Python reference decoder, the C++ engine, or both with their parity")
     p.add_argument("--threads", type=int, default=0, help="C++ engine: intra-op threads (0: torch's default)")
-    p.add_argument("--compute-type", default="float32", help="C++ engine: float32 (the parity reference) or int8")
+    p.add_argument("--compute-type", default="float32", help="C++ engine: float32 (the parity reference), int8 or bfloat16")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -647,7 +671,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", default="greedy:1,greedy:64,beam5:1,beam5:32", help="SEARCH:BATCH list, SEARCH greedy or beamK")
     p.add_argument("--backend", choices=("python", "cpp", "both"), default="both")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: torch's default)")
-    p.add_argument("--compute-type", default="float32,int8", help="the engine's, comma-separated: float32, int8")
+    p.add_argument("--compute-type", default="float32,int8",
+                   help="the engine's, comma-separated: float32, int8, bfloat16")
+    p.add_argument("--against", choices=("ctranslate2",),
+                   help="also CTranslate2 on the same sentences (a Transformer export, converted per compute type; "
+                        "one intra-op thread and --threads, its faster one counts)")
     p.add_argument("--out", help="write the results here as JSON")
     add_config_flags(p, DecodingOptions, {"return_attention", "beam_size", "n_best"})
     p.set_defaults(func=cmd_bench)
@@ -657,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="0: any free port (printed)")
     p.add_argument("--threads", type=int, default=1, help="engine intra-op threads per batch (0: every core)")
-    p.add_argument("--compute-type", default="float32", help="float32 or int8")
+    p.add_argument("--compute-type", default="float32", help="float32, int8 or bfloat16")
     p.add_argument("--workers", type=int, default=0, help="engine batches run at once (0: cores // threads)")
     p.add_argument("--max-batch", type=int, default=64, help="sentences per engine batch")
     p.add_argument("--max-delay-ms", type=float, default=3.0, help="how long a batch waits for more requests")
@@ -689,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="the server engine's intra-op threads per batch")
     p.add_argument("--workers", type=int, default=0, help="the server's engine batches at once (0: cores // threads)")
     p.add_argument("--max-delay-ms", type=float, default=3.0, help="the server's: how long a batch waits for more")
-    p.add_argument("--compute-type", default="float32", help="the server engine's: float32 or int8")
+    p.add_argument("--compute-type", default="float32", help="the server engine's: float32, int8 or bfloat16")
     p.add_argument("--server", choices=("python", "cpp"), default="python",
                    help="python: seq2seq serve; cpp: the C++ front end build/cmake/seq2seq-serve (make cpp)")
     p.add_argument("--load-generator", choices=("python", "cpp"), default="python",

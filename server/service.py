@@ -106,8 +106,10 @@ def hypothesis(h, scores: bool):
     if scores:
         out.score, out.log_prob = h.score, h.log_prob
     if h.attention is not None:
-        rows, cols = h.attention.shape
-        out.attention.CopyFrom(pb.Attention(rows=rows, columns=cols, weights=h.attention.flatten().tolist()))
+        # A Transformer's is (rows, heads, columns): the message carries the heads' mean, an alignment.
+        a = h.attention.mean(1) if h.attention.dim() == 3 else h.attention
+        rows, cols = a.shape
+        out.attention.CopyFrom(pb.Attention(rows=rows, columns=cols, weights=a.flatten().tolist()))
     return out
 
 

@@ -178,3 +178,37 @@ def test_cli_reports_a_non_transformer_export(tmp_path, capsys):
     export_dir = random_export(tmp_path, "bahdanau")
     assert main(["convert", "--to", "ctranslate2", str(export_dir), str(tmp_path / "ct2")]) == 2
     assert "'attention'" in capsys.readouterr().err
+
+
+def test_bench_against_ctranslate2_prints_every_backend_and_the_ratios(converted, tmp_path, capsys):
+    from seq2seq.cli import main
+
+    export_dir, _ = converted
+    text = tmp_path / "in.txt"
+    text.write_text("\n".join(" ".join(f"w{i - 4}" for i in s) for s in SOURCES[:6]) + "\n")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(export_dir), "--input", str(text), "--cases", "greedy:1,beam2:3",
+                 "--compute-type", "float32,int8,bfloat16", "--threads", "2", "--against", "ctranslate2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "length_penalty none for every backend" in printed
+    report = json.loads(out.read_text())
+    want = {"cpp float32", "cpp int8", "cpp bfloat16", "python", "ct2 float32 1t", "ct2 float32 2t",
+            "ct2 int8 1t", "ct2 int8 2t"}
+    for case in ("greedy:1", "beam2:3"):
+        row = report["results"][case]
+        assert set(row) == want
+        # The faithful conversion in float32 decodes as the Python reference does.
+        assert row["ct2 float32 1t"]["identical"] == row["cpp float32"]["identical"] == 6
+        line = next(x for x in printed.splitlines() if x.startswith(f"| {case} | cpp float32 |"))
+        ratio = row["cpp float32"]["sentences_per_s"] / max(row["ct2 float32 1t"]["sentences_per_s"],
+                                                            row["ct2 float32 2t"]["sentences_per_s"])
+        assert f"| {ratio:.2f}x |" in line
+
+
+def test_bench_against_ctranslate2_needs_an_export(converted, capsys):
+    from seq2seq.cli import main
+
+    checkpoint = converted[0].parent / "model.pt"
+    assert main(["bench", "--model", str(checkpoint), "--backend", "python", "--against", "ctranslate2"]) == 2
+    assert "--against ctranslate2 needs an export directory" in capsys.readouterr().err

@@ -25,6 +25,12 @@ def export(tmp_path_factory):
     return random_export(tmp_path_factory.mktemp("cli"), "bahdanau-gru-bi", tokenizer=tok)
 
 
+@pytest.fixture(scope="module")
+def transformer_export(tmp_path_factory):
+    tok = sentencepiece_tokenizer(SENTENCES, vocab_size=400)
+    return random_export(tmp_path_factory.mktemp("cli-transformer"), "transformer-post", tokenizer=tok)
+
+
 def run(args, text=""):
     return subprocess.run([str(BINARY), *map(str, args)], input=text, capture_output=True, text=True, timeout=300)
 
@@ -41,6 +47,17 @@ def test_translations_equal_the_python_engines(export, compute_type, batch):
         [engine.translate([line], opts)[0][0].text for line in lines]
     # A random model emits byte pieces, line breaks among them, which the line-per-line
     # output turns into spaces.
+    assert done.stdout.split("\n")[:-1] == [t.replace("\n", " ").replace("\r", " ") for t in texts]
+
+
+@pytest.mark.parametrize("compute_type", ["float32", "bfloat16"])
+def test_a_transformer_translates_as_the_python_engine_does(transformer_export, compute_type):
+    lines = ["ein Mann fährt", "zwei Hunde spielen im Schnee", "", "die Sonne scheint hell"]
+    done = run([transformer_export, "--beam-size", 3, "--batch", 4, "--compute-type", compute_type],
+               "\n".join(lines) + "\n")
+    assert done.returncode == 0, done.stderr
+    texts = [t[0].text for t in Engine(transformer_export, compute_type=compute_type).translate(
+        lines, DecodingOptions(beam_size=3))]
     assert done.stdout.split("\n")[:-1] == [t.replace("\n", " ").replace("\r", " ") for t in texts]
 
 

@@ -38,7 +38,8 @@ def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("served_cpp")
     tok = sentencepiece_tokenizer(SENTENCES * 4, vocab_size=400)
     return {"bahdanau": random_export(root / "a", "bahdanau-gru-bi", tokenizer=tok),
-            "luong": random_export(root / "b", "luong-general", tokenizer=tok)}
+            "luong": random_export(root / "b", "luong-general", tokenizer=tok),
+            "transformer": random_export(root / "c", "transformer-pre", tokenizer=tok)}
 
 
 def start_cpp(exports: dict, *extra, stderr=subprocess.DEVNULL):
@@ -77,7 +78,7 @@ REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("model", ["bahdanau", "luong"])
+@pytest.mark.parametrize("model", ["bahdanau", "luong", "transformer"])
 @pytest.mark.parametrize("i", range(len(REQUESTS)))
 def test_translations_equal_the_python_servers(servers, model, i):
     cpp, py, _ = servers

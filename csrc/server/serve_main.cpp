@@ -461,7 +461,9 @@ class Service final : public pb::TranslationService::Service {
           out->set_log_prob(static_cast<float>(h.log_prob));
         }
         if (h.attention) {
-          const at::Tensor a = h.attention->contiguous().to(at::kFloat);
+          // A Transformer's is (rows, heads, columns): the message carries the heads' mean.
+          const at::Tensor& full = *h.attention;
+          const at::Tensor a = (full.dim() == 3 ? full.mean(1) : full).contiguous().to(at::kFloat);
           auto* att = out->mutable_attention();
           att->set_rows(a.size(0));
           att->set_columns(a.size(1));
