@@ -31,12 +31,16 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
       try {
         bf16_ = pack_onednn(weight.to(at::kBFloat16));
       } catch (const c10::Error&) {
-        // oneDNN's bf16 needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; elsewhere ATen's own
-        // bf16 product, which keeps the numbers (float accumulation) but not the speed.
+        // oneDNN's bf16 needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT. Elsewhere ATen's bf16
+        // product is 10-30x slower than float32 (measured on an AVX2 EPYC), so the weights
+        // are rounded to bfloat16 and multiplied in float32: bfloat16's numbers at float32's speed.
         bf16_ = at::Tensor();
       }
       bf16_onednn_ = bf16_.defined();
-      if (!bf16_onednn_) bf16_ = weight.t().to(at::kBFloat16).contiguous();
+      if (!bf16_onednn_) {
+        wt_ = weight.to(at::kBFloat16).to(at::kFloat).t().contiguous();
+        onednn_ = pack_onednn(wt_.t());
+      }
       break;
     default:
       // (in, out) in memory: MKL multiplies a batch by it directly, where the (out, in) layout
@@ -52,21 +56,23 @@ at::Tensor Dense::operator()(const at::Tensor& x) const {
     case ComputeType::Int8:
       return linear_int8(x, int8_);
     case ComputeType::BFloat16: {
-      // bfloat16 products (AVX-512 BF16 through oneDNN), the bias added in float32.
+      // bfloat16 inputs and outputs, float32 sums; the bias added in float32.
       const auto xb = x.to(at::kBFloat16);
-      auto y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()) : at::mm(xb, bf16_);
-      y = y.to(at::kFloat);
+      auto y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()).to(at::kFloat)
+                            : float32(xb.to(at::kFloat), at::Tensor()).to(at::kBFloat16).to(at::kFloat);
       return bias_.defined() ? y.add_(bias_) : y;
     }
-    default: {
-      // oneDNN costs about 10 us a call more than MKL, which a lone row or a small product
-      // does not earn back (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
-      const int64_t rows = x.size(0);
-      if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19))
-        return linear_onednn(x, onednn_, bias_);
-      return bias_.defined() ? at::addmm(bias_, x, wt_) : at::mm(x, wt_);
-    }
+    default:
+      return float32(x, bias_);
   }
+}
+
+at::Tensor Dense::float32(const at::Tensor& x, const at::Tensor& bias) const {
+  // oneDNN costs about 10 us a call more than MKL, which a lone row or a small product
+  // does not earn back (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
+  const int64_t rows = x.size(0);
+  if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19)) return linear_onednn(x, onednn_, bias);
+  return bias.defined() ? at::addmm(bias, x, wt_) : at::mm(x, wt_);
 }
 
 }  // namespace seq2seq

@@ -30,10 +30,14 @@ class Dense {
   int64_t in_features() const { return in_; }
 
  private:
+  // x @ wt_ + bias through MKL or oneDNN, whichever is faster for the shape.
+  at::Tensor float32(const at::Tensor& x, const at::Tensor& bias) const;
+
   ComputeType type_ = ComputeType::Float32;
   int64_t out_ = 0, in_ = 0;
-  at::Tensor wt_, bias_, onednn_;  // float32: (in, out) for MKL, and oneDNN's packed layout
-  at::Tensor bf16_;                // bfloat16: oneDNN's packed layout, or (in, out) without oneDNN
+  at::Tensor wt_, bias_, onednn_;  // float32 (and bfloat16 without oneDNN's bf16): (in, out) for MKL,
+                                   // and oneDNN's packed layout
+  at::Tensor bf16_;                // bfloat16: oneDNN's packed bf16 layout, where the CPU has it
   bool bf16_onednn_ = false;
   c10::IValue int8_;               // int8: FBGEMM's packed per-channel weights
 };
