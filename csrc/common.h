@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 namespace seq2seq {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -27,8 +29,22 @@ inline std::string shape_str(const std::vector<int64_t>& shape) {
   return s + ")";
 }
 
-// The whole file; std::runtime_error naming the path when it cannot be read.
+// The size of a regular file; std::runtime_error naming the path for anything else. Checked
+// before opening: a FIFO would block the reader forever and a device such as /dev/zero never ends.
+inline uint64_t regular_file_size(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) throw std::runtime_error(path + ": cannot be read (missing, or no permission)");
+  if (S_ISREG(st.st_mode)) return static_cast<uint64_t>(st.st_size);
+  const char* kind = S_ISDIR(st.st_mode)                         ? "a directory"
+                     : S_ISFIFO(st.st_mode)                      ? "a FIFO"
+                     : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                                                                 : "a socket";
+  throw std::runtime_error(path + ": is " + kind + ", not a regular file; give the path of a regular file");
+}
+
+// The whole of a regular file; std::runtime_error naming the path when it cannot be read.
 inline std::string read_file(const std::string& path) {
+  regular_file_size(path);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path + ": cannot be read (missing, or no permission)");
   std::ostringstream s;

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .batcher import Batcher
 from .metrics import Metrics
-from .service import SERVICE_NAME, Limits, TranslationService, load_model, pb_grpc
+from .service import SERVICE_NAME, Limits, TranslationService, decode_stream_request, load_model, pb_grpc
 
 log = logging.getLogger("seq2seq.server")
 
@@ -83,6 +83,19 @@ class BearerToken(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(self.deny)
 
 
+class StreamRequestsDecodedByTheHandler(grpc.ServerInterceptor):
+    """TranslateStream's messages through service.decode_stream_request, which never raises:
+    with the generated deserializer, grpcio answers a message it cannot decode with INTERNAL."""
+
+    method = f"/{SERVICE_NAME}/TranslateStream"
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or details.method != self.method:
+            return handler
+        return handler._replace(request_deserializer=decode_stream_request)
+
+
 class Server:
     """A running server: ``port`` is the bound port; ``stop()`` shuts it down gracefully."""
 
@@ -94,7 +107,7 @@ class Server:
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                    ("grpc.max_send_message_length", cfg.max_message_bytes), ("grpc.so_reuseport", 0)]
-        interceptors = [BearerToken(cfg.token)] if cfg.token else []
+        interceptors = ([BearerToken(cfg.token)] if cfg.token else []) + [StreamRequestsDecodedByTheHandler()]
         self.grpc = grpc.server(ThreadPoolExecutor(cfg.rpc_threads, thread_name_prefix="rpc"), options=options,
                                 interceptors=interceptors, maximum_concurrent_rpcs=cfg.rpc_threads)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from seq2seq.config import DecodingOptions, validate_decoding_options
 from .batcher import Batcher, DeadlineExpired, QueueFull
@@ -81,6 +82,19 @@ def load_model(name: str, path: str, threads: int = 0, compute_type: str = "floa
 
 class Invalid(Exception):
     """A request field is wrong: INVALID_ARGUMENT with this message."""
+
+
+UNDECODABLE = object()  # a TranslateStream message that is not a TranslateRequest
+
+
+def decode_stream_request(data: bytes):
+    """TranslateStream's request deserializer: grpcio answers INTERNAL when a deserializer
+    raises, before the handler could say which message was bad, so this one returns
+    UNDECODABLE instead and the handler answers INVALID_ARGUMENT naming the message."""
+    try:
+        return pb.TranslateRequest.FromString(data)
+    except DecodeError:
+        return UNDECODABLE
 
 
 def decoding_options(msg, limits: Limits, field_name: str = "options") -> DecodingOptions:
@@ -201,8 +215,14 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
                     done.put(e)
 
             def read():
+                undecodable = None  # answered after the requests before it
                 try:
-                    for request in request_iterator:
+                    for n, request in enumerate(request_iterator, 1):
+                        if request is UNDECODABLE:
+                            undecodable = Invalid(f"message {n} of the stream could not be decoded as a "
+                                                  "TranslateRequest; send TranslateRequest messages of "
+                                                  "proto/seq2seq/v1/translation.proto")
+                            break
                         t = threading.Thread(target=run, args=(request,), daemon=True)
                         pending.append(t)
                         t.start()
@@ -210,6 +230,8 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
                     pass  # the caller cancelled or went away: nothing more to read
                 for t in pending:
                     t.join()
+                if undecodable:
+                    done.put(undecodable)
                 done.put(None)
 
             threading.Thread(target=read, daemon=True).start()
@@ -217,6 +239,8 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
                 item = done.get()
                 if item is None:
                     return
+                if isinstance(item, Invalid):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(item))
                 if isinstance(item, BaseException):
                     raise item
                 yield item

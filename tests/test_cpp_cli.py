@@ -1,12 +1,18 @@
 """seq2seq-translate, the C++ command-line translator (built by `make cpp`), against the
 Python Engine on the same export: raw text in, the same translations out."""
 
+import json
+import math
+import os
+import shutil
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from seq2seq.config import DecodingOptions
+from seq2seq.export import ExportError, load_export
 from tests.exports import random_export, sentencepiece_tokenizer
 
 BINARY = Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-translate"
@@ -31,8 +37,8 @@ def transformer_export(tmp_path_factory):
     return random_export(tmp_path_factory.mktemp("cli-transformer"), "transformer-post", tokenizer=tok)
 
 
-def run(args, text=""):
-    return subprocess.run([str(BINARY), *map(str, args)], input=text, capture_output=True, text=True, timeout=300)
+def run(args, text="", timeout=300):
+    return subprocess.run([str(BINARY), *map(str, args)], input=text, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("compute_type,batch", [("float32", 2), ("int8", 1)])
@@ -74,3 +80,52 @@ def test_bad_use_is_a_clear_error(export, tmp_path):
                         ([export, "--compute-type", "float16"], "compute_type"), ([], "usage")]:
         done = run(args, "ein Mann\n")
         assert done.returncode != 0 and words in done.stderr, (args, done.stderr)
+
+
+def rewrite_first_tensor(path: Path, shape=None, value=None):
+    """model.safetensors with its first tensor's header shape, or its first value, replaced."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8:8 + n]), bytearray(raw[8 + n:])
+    name = sorted(k for k in header if k != "__metadata__")[0]
+    if shape is not None:
+        header[name]["shape"] = shape
+    if value is not None:
+        first = header[name]["data_offsets"][0]
+        data[first:first + 4] = struct.pack("<f", value)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(data))
+
+
+def fifo(path: Path):
+    path.unlink()
+    os.mkfifo(path)
+
+
+def dev_zero(path: Path):
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def sentencepiece_fifo(path: Path):
+    fifo(path.parent / json.loads((path.parent / "tokenizer.json").read_text())["joint"]["model"])
+
+
+@pytest.mark.parametrize("damage,words", [
+    (fifo, "model.safetensors: is a FIFO, not a regular file"),
+    (dev_zero, "model.safetensors: is a device, not a regular file"),
+    (sentencepiece_fifo, "joint.model: is a FIFO, not a regular file"),
+    (lambda p: rewrite_first_tensor(p, shape=[2**62, 4]), "is too large: its byte count overflows 64 bits"),
+    (lambda p: rewrite_first_tensor(p, shape=[-2, 4]), "holds a negative dimension"),
+    (lambda p: rewrite_first_tensor(p, value=math.nan), "holds NaN or infinite values"),
+    (lambda p: rewrite_first_tensor(p, value=-math.inf), "holds NaN or infinite values"),
+], ids=["fifo", "dev-zero", "sentencepiece-fifo", "shape-overflow", "negative-dim", "nan", "inf"])
+def test_a_damaged_export_is_refused_with_one_line_naming_the_file(export, tmp_path, damage, words):
+    broken = Path(shutil.copytree(export, tmp_path / "export"))
+    damage(broken / "model.safetensors")
+    done = run([broken], "ein Mann\n", timeout=60)  # a FIFO or /dev/zero must not hang it or fill memory
+    assert done.returncode == 1 and words in done.stderr, done.stderr
+    assert done.stderr.startswith(f"seq2seq-translate: error: {broken}/") and done.stderr.count("\n") == 1, done.stderr
+    if damage not in (fifo, dev_zero, sentencepiece_fifo):  # Python's reader would block on those
+        with pytest.raises(ExportError):  # what the C++ side refuses, the Python side refuses too
+            load_export(broken)

@@ -4,6 +4,8 @@ must do on its own (batching, health, reflection, deadlines, cancellation, limit
 TLS, SIGTERM). Every server listens on 127.0.0.1, on an ephemeral port."""
 
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,16 +56,23 @@ def stop(proc, timeout=60):
 
 
 @pytest.fixture(scope="module")
-def servers(exports):
-    """(C++ stub, Python stub) on the same two exports."""
+def channels(exports):
+    """{"cpp": channel, "python": channel} to the two servers on the same exports, and the C++ one's port."""
     proc, port = start_cpp(exports, "--max-delay-ms", "5")
     py = Server(ServerConfig(models={k: str(v) for k, v in exports.items()}, port=0, max_delay_ms=5))
-    channels = [grpc.insecure_channel(f"127.0.0.1:{p}") for p in (port, py.port)]
-    yield tuple(pb_grpc.TranslationServiceStub(c) for c in channels) + (port,)
-    for c in channels:
+    opened = {name: grpc.insecure_channel(f"127.0.0.1:{p}") for name, p in (("cpp", port), ("python", py.port))}
+    yield opened, port
+    for c in opened.values():
         c.close()
     py.stop(grace=1)
     assert stop(proc) == 0
+
+
+@pytest.fixture(scope="module")
+def servers(channels):
+    """(C++ stub, Python stub, the C++ server's port) on the same exports."""
+    opened, port = channels
+    return pb_grpc.TranslationServiceStub(opened["cpp"]), pb_grpc.TranslationServiceStub(opened["python"]), port
 
 
 REQUESTS = [
@@ -148,6 +157,22 @@ def test_an_invalid_request_ends_the_stream_with_its_status(servers):
     with pytest.raises(grpc.RpcError) as e:
         list(cpp.TranslateStream(iter(requests), timeout=60))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sentences[0] is empty" in e.value.details()
+
+
+@pytest.mark.parametrize("server", ["cpp", "python"])
+def test_an_undecodable_stream_message_is_answered_after_the_ones_before_it(channels, servers, server):
+    # Sent as raw bytes: the middle message is no TranslateRequest (a varint cut short).
+    stream = channels[0][server].stream_stream("/seq2seq.v1.TranslationService/TranslateStream",
+                                               request_serializer=lambda b: b,
+                                               response_deserializer=pb.TranslateResponse.FromString)
+    good = [pb.TranslateRequest(request_id=str(i), model="bahdanau", sentences=SENTENCES[i:i + 2]) for i in (1, 3)]
+    responses = stream(iter([good[0].SerializeToString(), b"\xff\xff\xff", good[1].SerializeToString()]), timeout=60)
+    assert next(responses) == servers[1].Translate(good[0], timeout=60)  # the Python server's answer, on both
+    with pytest.raises(grpc.RpcError) as e:
+        next(responses)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details() == ("message 2 of the stream could not be decoded as a TranslateRequest; send "
+                                 "TranslateRequest messages of proto/seq2seq/v1/translation.proto")
 
 
 def test_evaluate_is_left_to_the_python_server(servers):
@@ -309,6 +334,15 @@ def test_an_export_it_cannot_tokenize_is_refused_at_start(tmp_path):
     done = subprocess.run([str(BINARY), "--model", f"m={words}", "--port", "0"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 1 and "SentencePiece" in done.stderr and "word" in done.stderr, done.stderr
+
+
+def test_an_export_whose_weights_are_a_fifo_is_refused_at_start(exports, tmp_path):
+    broken = Path(shutil.copytree(exports["luong"], tmp_path / "broken"))
+    (broken / "model.safetensors").unlink()
+    os.mkfifo(broken / "model.safetensors")  # opened, it would block the server's start forever
+    done = subprocess.run([str(BINARY), "--model", f"m={broken}", "--port", "0"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "model.safetensors: is a FIFO, not a regular file" in done.stderr, done.stderr
 
 
 def test_bench_server_runs_against_it(exports, tmp_path, capsys):

@@ -1,7 +1,8 @@
 #include "export_reader.h"
 
+#include <algorithm>
 #include <cstdint>
-#include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 
@@ -24,6 +25,32 @@ json parse_json(const std::string& text, const std::string& path) {
   }
 }
 
+const char* const kExportAgain = "; export the checkpoint again with `seq2seq export`";
+constexpr uint64_t kMaxHeaderBytes = 100000000;  // the safetensors library's own limit
+
+// A header shape: whole dimensions >= 0. `bytes` gets its F32 byte count, computed with overflow
+// checks: a product that wrapped around ([2^62, 4] gives 0) would pass the byte-range check.
+std::vector<int64_t> tensor_shape(const std::string& path, const std::string& name, const json& dims,
+                                  uint64_t* bytes) {
+  const std::string where = "tensor " + name + ": shape " + dims.dump();
+  if (!dims.is_array()) fail(path, where + " is not a list of dimensions" + kExportAgain);
+  std::vector<int64_t> shape;
+  uint64_t bound = sizeof(float);  // the byte count were every 0 dimension a 1: it must not overflow either
+  bool empty = false;
+  for (const auto& d : dims) {
+    if (!d.is_number_integer()) fail(path, where + " holds a dimension that is not a whole number" + kExportAgain);
+    if (!d.is_number_unsigned() && d.get<int64_t>() < 0)
+      fail(path, where + " holds a negative dimension" + kExportAgain);
+    const uint64_t n = d.get<uint64_t>();
+    if (__builtin_mul_overflow(bound, std::max<uint64_t>(n, 1), &bound) || bound > INT64_MAX)
+      fail(path, where + " is too large: its byte count overflows 64 bits" + kExportAgain);
+    empty |= n == 0;
+    shape.push_back(static_cast<int64_t>(n));
+  }
+  *bytes = empty ? 0 : bound;
+  return shape;
+}
+
 json read_config(const std::string& dir) {
   const std::string path = dir + "/config.json";
   const json config = parse_json(read_file(path), path);
@@ -40,14 +67,24 @@ json read_config(const std::string& dir) {
 }  // namespace
 
 Weights read_safetensors(const std::string& path) {
-  const std::string bytes = read_file(path);
-  if (bytes.size() < 8) fail(path, "truncated: shorter than the 8-byte header length");
+  const uint64_t file_size = regular_file_size(path);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, "cannot be read (missing, or no permission)");
+  if (file_size < 8) fail(path, "truncated: shorter than the 8-byte header length");
+  unsigned char len_bytes[8];
+  in.read(reinterpret_cast<char*>(len_bytes), 8);
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[i]);
-  if (header_len > bytes.size() - 8) fail(path, "truncated: the header runs past the end of the file");
-  const json header = parse_json(bytes.substr(8, header_len), path);
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
+  if (header_len > file_size - 8) fail(path, "truncated: the header runs past the end of the file");
+  if (header_len > kMaxHeaderBytes)
+    fail(path, "the header is " + std::to_string(header_len) + " bytes; safetensors allows at most " +
+                   std::to_string(kMaxHeaderBytes) + kExportAgain);
+  std::string header_text(header_len, '\0');
+  in.read(header_text.data(), static_cast<std::streamsize>(header_len));
+  if (!in) fail(path, "changed while being read (still being written?); load it once it is complete");
+  const json header = parse_json(header_text, path);
   if (!header.is_object()) fail(path, "the header is not a JSON object");
-  const size_t data_start = 8 + header_len, data_len = bytes.size() - data_start;
+  const uint64_t data_start = 8 + header_len, data_len = file_size - data_start;
   Weights weights;
   for (const auto& [name, info] : header.items()) {
     if (name == "__metadata__") continue;
@@ -55,15 +92,21 @@ Weights read_safetensors(const std::string& path) {
       fail(path, "tensor " + name + ": the header entry lacks dtype, shape or data_offsets");
     if (info["dtype"] != "F32")
       fail(path, "tensor " + name + " is " + info["dtype"].dump() + "; the engine reads F32 (float32) tensors");
-    std::vector<int64_t> shape = info["shape"].get<std::vector<int64_t>>();
-    const auto offsets = info["data_offsets"].get<std::vector<uint64_t>>();
-    int64_t count = 1;
-    for (auto d : shape) count *= d;
-    if (offsets.size() != 2 || offsets[1] < offsets[0] || offsets[1] - offsets[0] != 4 * static_cast<uint64_t>(count))
-      fail(path, "tensor " + name + ": its byte range does not match its shape");
-    if (offsets[1] > data_len) fail(path, "truncated: tensor " + name + " runs past the end of the file");
+    uint64_t bytes = 0;
+    const std::vector<int64_t> shape = tensor_shape(path, name, info["shape"], &bytes);
+    const json& range = info["data_offsets"];
+    if (!range.is_array() || range.size() != 2 || !range[0].is_number_unsigned() || !range[1].is_number_unsigned())
+      fail(path, "tensor " + name + ": data_offsets " + range.dump() + " is not two byte offsets" + kExportAgain);
+    const uint64_t begin = range[0], end = range[1];
+    if (end < begin || end - begin != bytes) fail(path, "tensor " + name + ": its byte range does not match its shape");
+    if (end > data_len) fail(path, "truncated: tensor " + name + " runs past the end of the file");
     auto t = at::empty(shape, at::kFloat);
-    std::memcpy(t.data_ptr<float>(), bytes.data() + data_start + offsets[0], 4 * count);
+    in.seekg(static_cast<std::streamoff>(data_start + begin));
+    in.read(reinterpret_cast<char*>(t.data_ptr<float>()), static_cast<std::streamsize>(bytes));
+    if (!in) fail(path, "changed while being read (still being written?); load it once it is complete");
+    // As seq2seq/export.py's load_export: such weights would translate into garbage, silently.
+    if (!at::isfinite(t).all().item<bool>())
+      fail(path, "tensor " + name + " holds NaN or infinite values; export a checkpoint whose weights are finite");
     weights.emplace(name, t);
   }
   return weights;

@@ -6,6 +6,8 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "../common.h"
+
 namespace seq2seq {
 namespace {
 
@@ -41,6 +43,7 @@ Load loader() {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path) {
+  regular_file_size(path);  // a FIFO or a device would block or exhaust SentencePiece's reader
   std::string error;
   Tokenizer* t = loader()(path.c_str(), &error);
   if (!t) throw std::runtime_error(error);

@@ -45,6 +45,10 @@ using grpc::Status;
 using grpc::StatusCode;
 
 const char* kService = "seq2seq.v1.TranslationService";
+constexpr int kTranslateStreamIndex = 1;  // its place among the service's methods in the proto
+
+// TranslateStream's messages as bytes, each decoded by the handler (Service's constructor says why).
+using RawStream = grpc::ServerReaderWriter<pb::TranslateResponse, grpc::ByteBuffer>;
 
 struct Config {
   std::map<std::string, std::string> models;  // name -> export directory
@@ -156,7 +160,14 @@ Status invalid(const std::string& message) { return Status(StatusCode::INVALID_A
 
 class Service final : public pb::TranslationService::Service {
  public:
-  explicit Service(const Config& cfg) : cfg_(cfg) {}
+  explicit Service(const Config& cfg) : cfg_(cfg) {
+    // gRPC's own decoding fails a Read exactly as the end of the stream does: a message that is
+    // not a TranslateRequest would end the stream OK, unanswered. Read as bytes, it is named.
+    auto handler = [](Service* s, ServerContext* ctx, RawStream* stream) { return s->TranslateStream(ctx, stream); };
+    MarkMethodStreamed(kTranslateStreamIndex,
+                       new grpc::internal::BidiStreamingHandler<Service, grpc::ByteBuffer, pb::TranslateResponse>(
+                           handler, this));
+  }
 
   void add(std::unique_ptr<Model> model) { models_[model->name] = std::move(model); }
   void set_ready() { ready_ = true; }
@@ -167,8 +178,7 @@ class Service final : public pb::TranslationService::Service {
                   [&] { return translate(ctx, request, response); });
   }
 
-  Status TranslateStream(ServerContext* ctx,
-                         grpc::ServerReaderWriter<pb::TranslateResponse, pb::TranslateRequest>* stream) override {
+  Status TranslateStream(ServerContext* ctx, RawStream* stream) {
     return logged("TranslateStream", ctx, "", 0, [&] { return translate_stream(ctx, stream); });
   }
 
@@ -229,8 +239,7 @@ class Service final : public pb::TranslationService::Service {
     return respond(*call, response);
   }
 
-  Status translate_stream(ServerContext* ctx,
-                          grpc::ServerReaderWriter<pb::TranslateResponse, pb::TranslateRequest>* stream) {
+  Status translate_stream(ServerContext* ctx, RawStream* stream) {
     Status status = admit(ctx);
     if (!status.ok()) return status;
     // Requests are read here while a writer thread sends each response as soon as it is done.
@@ -271,8 +280,16 @@ class Service final : public pb::TranslationService::Service {
         return;
       }
     });
-    pb::TranslateRequest request;
-    while (stream->Read(&request)) {
+    // A message that cannot be decoded ends the stream after the requests before it are answered.
+    Status undecodable;
+    grpc::ByteBuffer bytes;
+    for (int64_t n = 1; stream->Read(&bytes); ++n) {
+      pb::TranslateRequest request;
+      if (!grpc::SerializationTraits<pb::TranslateRequest>::Deserialize(&bytes, &request).ok()) {
+        undecodable = invalid("message " + std::to_string(n) + " of the stream could not be decoded as a " +
+                              "TranslateRequest; send TranslateRequest messages of proto/seq2seq/v1/translation.proto");
+        break;
+      }
       std::shared_ptr<Call> call;
       {
         std::lock_guard<std::mutex> lock(shared->mu);
@@ -298,7 +315,7 @@ class Service final : public pb::TranslationService::Service {
     }
     writer.join();
     std::lock_guard<std::mutex> lock(shared->mu);
-    return shared->error;
+    return shared->error.ok() ? undecodable : shared->error;
   }
 
   Status admit(ServerContext* ctx) const {

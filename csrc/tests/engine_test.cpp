@@ -4,7 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include <sys/stat.h>
+
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <limits>
 
@@ -218,14 +222,19 @@ TEST(ExportReader, MissingAndMalformedFilesAreNamed) {
   expect_error<std::runtime_error>([&] { load_export(dir); }, "malformed JSON");
 }
 
+// A safetensors file: the header's length, the header, then `data`.
+void write_safetensors(const std::string& path, const std::string& header, const std::string& data) {
+  std::ofstream f(path, std::ios::binary);
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) f.put(static_cast<char>((n >> (8 * i)) & 0xff));
+  f << header << data;
+}
+
 TEST(ExportReader, TruncatedSafetensorsAreNamed) {
   const auto dir = temp_dir();
   const std::string header = R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
   auto write = [&](size_t data_bytes, const std::string& h) {
-    std::ofstream f(dir + "/m.safetensors", std::ios::binary);
-    uint64_t n = h.size();
-    for (int i = 0; i < 8; ++i) f.put(static_cast<char>((n >> (8 * i)) & 0xff));
-    f << h << std::string(data_bytes, '\0');
+    write_safetensors(dir + "/m.safetensors", h, std::string(data_bytes, '\0'));
   };
   write(16, header);
   auto w = read_safetensors(dir + "/m.safetensors");
@@ -234,6 +243,43 @@ TEST(ExportReader, TruncatedSafetensorsAreNamed) {
   expect_error<std::runtime_error>([&] { read_safetensors(dir + "/m.safetensors"); }, "truncated");
   write(16, R"({"w":{"dtype":"F16","shape":[2,4],"data_offsets":[0,16]}})");
   expect_error<std::runtime_error>([&] { read_safetensors(dir + "/m.safetensors"); }, "F32");
+}
+
+TEST(ExportReader, ShapesThatOverflowOrAreNegativeAreNamed) {
+  const auto path = temp_dir() + "/m.safetensors";
+  auto refused = [&](const std::string& shape, const std::string& offsets, const std::string& word) {
+    write_safetensors(path, R"({"w":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":)" + offsets + "}}",
+                      std::string(16, '\0'));
+    expect_error<std::runtime_error>([&] { read_safetensors(path); }, word);
+  };
+  refused("[4611686018427387904,4]", "[0,0]", "overflows 64 bits");  // 2^62 x 4 floats: a product that wraps to 0
+  refused("[0,4611686018427387904,4611686018427387904]", "[0,0]", "overflows 64 bits");
+  refused("[18446744073709551615]", "[0,16]", "overflows 64 bits");
+  refused("[-1,-16]", "[0,64]", "negative dimension");
+  refused("[2,2.5]", "[0,16]", "whole number");
+  refused("[2,2]", "[0,-16]", "data_offsets");
+  refused("[2,2]", "[16,32]", "truncated");
+}
+
+TEST(ExportReader, NonFiniteWeightsAreNamed) {
+  const auto path = temp_dir() + "/m.safetensors";
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    float values[4] = {0.5f, bad, 1.0f, 2.0f};
+    write_safetensors(path, R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})",
+                      std::string(reinterpret_cast<const char*>(values), sizeof(values)));
+    expect_error<std::runtime_error>([&] { read_safetensors(path); }, "tensor w holds NaN or infinite values");
+  }
+}
+
+TEST(ExportReader, OnlyRegularFilesAreOpened) {
+  // A FIFO would block the reader forever and /dev/zero never ends: both are refused unread.
+  const auto dir = temp_dir();
+  ASSERT_EQ(mkfifo((dir + "/m.safetensors").c_str(), 0600), 0);
+  expect_error<std::runtime_error>([&] { read_safetensors(dir + "/m.safetensors"); }, "m.safetensors: is a FIFO");
+  ASSERT_EQ(mkfifo((dir + "/config.json").c_str(), 0600), 0);
+  expect_error<std::runtime_error>([&] { load_export(dir); }, "config.json: is a FIFO");
+  expect_error<std::runtime_error>([&] { read_safetensors("/dev/zero"); }, "/dev/zero: is a device");
+  expect_error<std::runtime_error>([&] { read_safetensors(dir); }, "is a directory");
 }
 
 }  // namespace
