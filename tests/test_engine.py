@@ -374,16 +374,24 @@ def test_engine_refuses_what_it_cannot_run(exports, tmp_path):
         Engine(exports["lstm"], device="cuda")
 
 
-def test_parity_on_a_model_trained_on_multi30k(shared_data, tmp_path):
-    """A small Bahdanau model trained briefly on Multi30k de->en: real sentences, a learnt
-    (peaked, non-random) distribution, subword vocabulary."""
+TRAINED_FAMILIES = {
+    "bahdanau": ["--family=attention", "--attention=bahdanau", "--cell=gru", "--bidirectional=true", "--emb_dim=64",
+                 "--hidden=128", "--attention_dim=64", "--layers=1", "--lr=3e-3"],
+    "transformer": ["--family=transformer", "--d_model=64", "--heads=4", "--ff_dim=128", "--enc_layers=2",
+                    "--dec_layers=2", "--norm=pre", "--tie_embeddings=true", "--lr=2e-3"],
+}
+
+
+@pytest.mark.parametrize("family", list(TRAINED_FAMILIES))
+def test_parity_on_a_model_trained_on_multi30k(shared_data, tmp_path, family):
+    """A small model trained briefly on Multi30k de->en: real sentences, a learnt (peaked,
+    non-random) distribution, subword vocabulary."""
     from seq2seq.data import load_dataset
     from seq2seq.export import export
     from seq2seq.train import load_recipe, train
 
     args = ["--corpus=multi30k", "--src=de", "--tgt=en", f"--data_dir={shared_data}", "--vocab_size=1000",
-            "--max_tokens=3000", "--family=attention", "--attention=bahdanau", "--cell=gru", "--bidirectional=true",
-            "--emb_dim=64", "--hidden=128", "--attention_dim=64", "--layers=1", "--dropout=0", "--lr=3e-3",
+            "--max_tokens=3000", *TRAINED_FAMILIES[family], "--dropout=0",
             "--max_steps=60", "--samples=0", "--val_bleu=false", "--tensorboard=false", f"--out_dir={tmp_path}"]
     data_cfg, model_cfg, train_cfg = load_recipe(None, args)
     train(data_cfg, model_cfg, train_cfg, log=lambda *_: None, progress=False)
