@@ -22,6 +22,9 @@ from .service import SERVICE_NAME, Limits, TranslationService, decode_stream_req
 
 log = logging.getLogger("seq2seq.server")
 
+# How long a stop waits, after the grace period, for grpcio to end the calls it cancelled.
+STOP_MARGIN_S = 5.0
+
 
 @dataclass
 class ServerConfig:
@@ -83,6 +86,34 @@ class BearerToken(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(self.deny)
 
 
+class CallsInFlight(grpc.ServerInterceptor):
+    """Counts the calls whose handler has started and that grpcio has not ended (it runs a
+    call's context callbacks when it ends it), for the stop's log line."""
+
+    def __init__(self):
+        self.count, self._lock = 0, threading.Lock()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None:
+            return None
+        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
+        return handler._replace(**{kind: self._counted(getattr(handler, kind))})
+
+    def _counted(self, behavior):
+        def run(request, context):
+            with self._lock:
+                self.count += 1
+            if not context.add_callback(self._ended):  # False: the call has ended already
+                self._ended()
+            return behavior(request, context)
+        return run
+
+    def _ended(self):
+        with self._lock:
+            self.count -= 1
+
+
 class StreamRequestsDecodedByTheHandler(grpc.ServerInterceptor):
     """TranslateStream's messages through service.decode_stream_request, which never raises:
     with the generated deserializer, grpcio answers a message it cannot decode with INTERNAL."""
@@ -107,7 +138,9 @@ class Server:
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                    ("grpc.max_send_message_length", cfg.max_message_bytes), ("grpc.so_reuseport", 0)]
-        interceptors = ([BearerToken(cfg.token)] if cfg.token else []) + [StreamRequestsDecodedByTheHandler()]
+        self.calls = CallsInFlight()  # first: it counts the calls the token refuses too
+        interceptors = [self.calls] + ([BearerToken(cfg.token)] if cfg.token else []) + \
+            [StreamRequestsDecodedByTheHandler()]
         self.grpc = grpc.server(ThreadPoolExecutor(cfg.rpc_threads, thread_name_prefix="rpc"), options=options,
                                 interceptors=interceptors, maximum_concurrent_rpcs=cfg.rpc_threads)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -142,17 +175,37 @@ class Server:
         self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._stopped = threading.Event()
 
-    def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, no new calls, in-flight calls finish within the grace period."""
+    def stop(self, grace: float | None = None) -> bool:
+        """NOT_SERVING, no new calls, in-flight calls finish within the grace period, then the
+        rest are cancelled. Returns within grace + STOP_MARGIN_S whatever grpcio does: False
+        when grpcio had not ended every call by then (the log line counts those abandoned)."""
         if self._stopped.is_set():
-            return
+            return True
         self._stopped.set()
+        grace = self.cfg.grace_s if grace is None else grace
         self.health.enter_graceful_shutdown()
-        self.grpc.stop(self.cfg.grace_s if grace is None else grace).wait()
-        for model in self.models.values():
-            model.batcher.close()
+        # grpcio cancels the calls left when its grace ends; given a longer one, the cancel at
+        # the end of ours comes after the count of those calls, not racing it.
+        ended = self.grpc.stop(grace + STOP_MARGIN_S)
+        cancelled = abandoned = 0
+        if not ended.wait(grace):
+            cancelled = self.calls.count
+            self.grpc.stop(0)  # a shorter grace cancels the calls left now
+            # grpcio can leave its event unset for ever (1.85 does for a stream whose first
+            # message its deserializer failed on while the caller holds the stream open), so
+            # the stop has a deadline of its own.
+            if not ended.wait(STOP_MARGIN_S):
+                abandoned = self.calls.count
+        # Abandoned calls' cancel callbacks never ran, so their sentences may still be queued,
+        # and draining the queue would outlast the deadline.
+        if ended.is_set():
+            for model in self.models.values():
+                model.batcher.close()
         self.metrics.close()
-        log.info(json.dumps({"event": "stopped"}))
+        log.log(logging.INFO if ended.is_set() else logging.WARNING,
+                json.dumps({"event": "stopped", "grace_s": grace, "calls_cancelled": cancelled,
+                            "calls_abandoned": abandoned, "every_call_ended": ended.is_set()}))
+        return ended.is_set()
 
     def wait(self) -> None:
         self.grpc.wait_for_termination()
@@ -167,5 +220,9 @@ def serve(cfg: ServerConfig, ready=print) -> int:
     ready(f"serving {', '.join(server.models)} on {cfg.host}:{server.port}"
           + (f", metrics on 127.0.0.1:{server.metrics.port}" if cfg.metrics_port is not None else ""))
     stop.wait()
-    server.stop()
+    if not server.stop():
+        # Threads grpcio never let go of may hold handlers, and the interpreter's exit would
+        # wait for its thread pool's threads: exit now, the log line written.
+        logging.shutdown()
+        os._exit(0)
     return 0

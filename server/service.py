@@ -115,6 +115,14 @@ def decoding_options(msg, limits: Limits, field_name: str = "options") -> Decodi
     return opts
 
 
+def check_shard(shard: int, shards: int) -> None:
+    """An Evaluate job's share: shards 0 or 1 is the whole job; else shard is within 0..shards-1."""
+    if shard and not shards:
+        raise Invalid(f"shard {shard} given without shards (0): give shards, the number of shares of the job")
+    if shards and shard >= shards:
+        raise Invalid(f"shard {shard} with shards {shards}: shard must be within 0..{shards - 1}")
+
+
 def hypothesis(h, scores: bool):
     out = pb.Hypothesis(text=h.text)
     if scores:
@@ -151,18 +159,20 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         if len(sentences) > lim.max_sentences:
             raise Invalid(f"{field_name}: {len(sentences)} sentences in one request; the limit is {lim.max_sentences}"
                           " (split the request)")
-        ids = []
-        for i, s in enumerate(sentences):
-            if len(s) > lim.max_chars:
-                raise Invalid(f"{field_name}[{i}] has {len(s)} characters; the limit is {lim.max_chars}")
-            seq = model.translator.encode(s)
-            if not seq:
-                raise Invalid(f"{field_name}[{i}] is empty")
-            if len(seq) > min(lim.max_tokens, model.translator.source_limit()):
-                raise Invalid(f"{field_name}[{i}] has {len(seq)} tokens; the limit is "
-                              f"{min(lim.max_tokens, model.translator.source_limit())}")
-            ids.append(seq)
-        return ids
+        return [self._encode_sentence(model, s, f"{field_name}[{i}]") for i, s in enumerate(sentences)]
+
+    def _encode_sentence(self, model: Model, sentence: str, where: str) -> list[int]:
+        """One sentence's source ids, within the per-sentence limits; ``where`` names it."""
+        lim = self.limits
+        if len(sentence) > lim.max_chars:
+            raise Invalid(f"{where} has {len(sentence)} characters; the limit is {lim.max_chars}")
+        seq = model.translator.encode(sentence)
+        if not seq:
+            raise Invalid(f"{where} is empty")
+        max_tokens = min(lim.max_tokens, model.translator.source_limit())
+        if len(seq) > max_tokens:
+            raise Invalid(f"{where} has {len(seq)} tokens; the limit is {max_tokens}")
+        return seq
 
     def _translate(self, request, context):
         """The TranslateResponse of one request, through the model's batcher."""
@@ -261,14 +271,12 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             if "cpp" in backends and model.backend != "cpp":
                 raise Invalid(f"backend: model {model.name!r} is a {model.translator.model_cfg.family} model, which the "
                               "C++ engine does not run; ask for backend python")
+            check_shard(request.shard, request.shards)
             pairs = self._evaluation_pairs(model, request)
         except Invalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         indices = list(range(len(pairs)))
         if request.shards > 1:
-            if request.shard >= request.shards:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"shard must be within 0..shards-1 ({request.shards - 1}), not {request.shard}")
             indices = indices[request.shard::request.shards]
             pairs = [pairs[i] for i in indices]
         srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
@@ -330,9 +338,8 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             raise Invalid("no sentences to evaluate")
         if len(pairs) > self.limits.max_evaluate:
             raise Invalid(f"{len(pairs)} sentences; an Evaluate job takes at most {self.limits.max_evaluate} (set limit)")
-        for i, (s, _) in enumerate(pairs):
-            if len(s) > self.limits.max_chars:
-                raise Invalid(f"sources[{i}] has {len(s)} characters; the limit is {self.limits.max_chars}")
+        for i, (s, _) in enumerate(pairs):  # as Translate's sentences, else the engine fails on them mid-job
+            self._encode_sentence(model, s, f"sources[{i}]")
         return pairs
 
     def ListModels(self, request, context):

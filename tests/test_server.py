@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ import sacrebleu
 
 from seq2seq.config import DecodingOptions
 from tests.grpc_checks import assert_serving_and_reflected, self_signed_certificate
-from tests.exports import random_export
+from tests.exports import random_export, sentencepiece_tokenizer
 
 pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
 
@@ -27,6 +28,7 @@ from seq2seq.server.loadtest import start_server  # noqa: E402
 from seq2seq.server.service import Limits  # noqa: E402
 
 SENTENCES = [" ".join(f"w{4 + (i * 7 + j * 3) % 40}" for j in range(1 + i % 9)) for i in range(64)]
+CPP_SERVER = Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-serve"
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,36 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(client, request_kw
         client.stub.Translate(pb.TranslateRequest(**request_kw))
     assert e.value.code().name == code and words in e.value.details()
     assert texts(client.translate(["w5 w6"], model="bahdanau"))  # still serving
+
+
+def evaluate_error(client, **job) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as e:
+        list(client.evaluate(model="bahdanau", **job))
+    assert texts(client.translate(["w5 w6"], model="bahdanau"))  # still serving
+    return e.value
+
+
+def test_evaluate_limits_its_sources_as_translate_limits_sentences(client):
+    sources = ["w5 w6", "w5 " * 300]  # 300 tokens: over the 256 a sentence may have
+    with pytest.raises(grpc.RpcError) as translated:
+        client.stub.Translate(pb.TranslateRequest(model="bahdanau", sentences=sources))
+    e = evaluate_error(client, sources=sources, references=["a", "b"])
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details() == "sources[1] has 300 tokens; the limit is 256"
+    assert translated.value.details() == e.details().replace("sources", "sentences")
+
+
+def test_evaluate_refuses_an_empty_source(client):
+    e = evaluate_error(client, sources=["w5 w6", "w7", " "], references=["a", "b", "c"])
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details() == "sources[2] is empty"
+
+
+@pytest.mark.parametrize("shard,shards,words", [(7, 1, "shard 7 with shards 1: shard must be within 0..0"),
+                                                (3, 3, "shard 3 with shards 3: shard must be within 0..2"),
+                                                (2, 0, "shard 2 given without shards (0)")],
+                         ids=["7-of-1", "3-of-3", "2-without-shards"])
+def test_evaluate_refuses_a_shard_beyond_the_shards(client, shard, shards, words):
+    e = evaluate_error(client, sources=SENTENCES[:4], references=["a"] * 4, shard=shard, shards=shards)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.details()
 
 
 def test_a_model_name_is_needed_when_there_are_several(client):
@@ -403,6 +435,56 @@ def test_sigterm_during_load_loses_no_accepted_request(exports, tmp_path):
     refused = [o for o in outcomes if o is not True]
     assert answered and all(t["status"] == "OK" for t in taken) and len(taken) == len(answered)
     assert all(o in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) for o in refused), refused
+
+
+@pytest.mark.parametrize("binary", [
+    pytest.param("", id="python"),
+    pytest.param(str(CPP_SERVER), id="cpp",
+                 marks=pytest.mark.skipif(not CPP_SERVER.exists(), reason="seq2seq-serve is not built (make cpp)"))])
+def test_a_stop_ends_within_the_grace_period_whatever_streams_stay_open(tmp_path, binary):
+    # A SentencePiece export, which both servers serve.
+    export = random_export(tmp_path / "sp", "luong-general", tokenizer=sentencepiece_tokenizer(SENTENCES, 300))
+    log = open(tmp_path / "server.log", "w")
+    proc, port, _ = start_server(str(export), "--grace", "2", stderr=log, binary=binary)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    released = threading.Event()
+    try:
+        stream = channel.stream_stream("/seq2seq.v1.TranslationService/TranslateStream",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=pb.TranslateResponse.FromString)
+
+        def held_open(*first):  # these messages, then the request stream stays open until released
+            yield from first
+            released.wait(60)
+
+        good = pb.TranslateRequest(model="m", sentences=[SENTENCES[3]]).SerializeToString()
+        idle = [stream(held_open(), timeout=60) for _ in range(10)]  # they never send
+        undecodable = [stream(held_open(b"\xff\xff\xff"), timeout=60) for _ in range(10)]
+        answered = [stream(held_open(good), timeout=60) for _ in range(10)]  # then nothing more
+        for call in undecodable:
+            with pytest.raises(grpc.RpcError) as e:
+                next(call)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for call in answered:
+            assert next(call).translations
+        assert not any(call.done() for call in idle + answered)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(2 + 15) == 0  # it ends at all: the grace, then a margin for abandoning calls
+        assert time.monotonic() - started < 2 + 15
+    finally:
+        released.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        channel.close()
+        log.close()
+    # The last line says what the stop cut short (the C++ server's counts no cancelled calls).
+    logged = [json.loads(line) for line in open(tmp_path / "server.log") if line.startswith("{")]
+    stopped = [e for e in logged if e.get("event") == "stopped"]
+    assert len(stopped) == 1 and isinstance(stopped[0]["calls_abandoned"], int)
+    if not binary:  # the calls still open when the grace ended: at least the ten answered streams
+        assert stopped[0]["calls_cancelled"] >= 10
 
 
 def test_round_robin_over_two_processes(exports):

@@ -13,6 +13,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -90,11 +91,18 @@ void log_event(const nlohmann::json& event) {
   std::fflush(stderr);
 }
 
+// How long a stop waits, after the grace period, for gRPC to end the calls it cancelled.
+constexpr double kStopMarginS = 5.0;
+
+std::atomic<int64_t> calls_in_flight{0};  // the service's handlers running, for the stop's log line
+
 // Runs an RPC's body and logs the call as one line, as the Python server does.
 template <typename Body>
 Status logged(const char* method, ServerContext* ctx, const std::string& request_id, int sentences, Body body) {
   const auto started = Clock::now();
+  ++calls_in_flight;
   const Status status = body();
+  --calls_in_flight;
   static const char* const names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
                                       "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
                                       "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
@@ -618,6 +626,14 @@ int serve(const Config& cfg) {
 
   int sig = 0;
   sigwait(&signals, &sig);
+  // Shutdown returns once every handler has; one that never does would keep the process
+  // alive, so the stop has a deadline of its own.
+  std::thread([grace = cfg.grace_s, sig] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(grace + kStopMarginS));
+    log_event({{"event", "stopped"}, {"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"grace_s", grace},
+               {"calls_abandoned", calls_in_flight.load()}, {"every_call_ended", false}});
+    std::_Exit(0);
+  }).detach();
   // NOT_SERVING, no new calls, in-flight calls finish within the grace period.
   health->SetServingStatus(false);
   server->Shutdown(std::chrono::system_clock::now() +
@@ -628,7 +644,8 @@ int serve(const Config& cfg) {
     const BatcherStats s = m->batcher->stats();
     batches[name] = {{"batches", s.batches}, {"sentences", s.sentences}};
   }
-  log_event({{"event", "stopped"}, {"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"engine_batches", batches}});
+  log_event({{"event", "stopped"}, {"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"grace_s", cfg.grace_s},
+             {"calls_abandoned", 0}, {"every_call_ended", true}, {"engine_batches", batches}});
   return 0;
 }
 
