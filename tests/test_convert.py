@@ -2,6 +2,7 @@
 Transformers (a trained model's distributions are peaked, so two faithful decoders agree
 token for token instead of parting on near-ties)."""
 
+import json
 import random
 from dataclasses import asdict
 
@@ -168,8 +169,13 @@ def test_cli_converts_with_int8(converted, tmp_path):
     opts = DecodingOptions(beam_size=1, length_penalty="none")
     got = CTranslate2Decoder(out).translate_ids(SOURCES, opts)
     want = reference(export_dir, SOURCES, opts)
-    same = sum(g[0].tokens == w[0].tokens for g, w in zip(got, want))
-    assert same >= int8_agreement() * len(SOURCES)  # int8 weights: close, not exact
+    # int8 weights: close, not exact. A reversed sequence that is off in one token is no longer
+    # equal, so the tokens are compared position by position; a wrong conversion agrees on
+    # next to nothing.
+    same = sum(a == b for g, w in zip(got, want) for a, b in zip(g[0].tokens, w[0].tokens))
+    total = sum(max(len(g[0].tokens), len(w[0].tokens)) for g, w in zip(got, want))
+    assert same >= int8_agreement() * total, f"{same} of {total} tokens in place"
+
 
 
 def test_cli_reports_a_non_transformer_export(tmp_path, capsys):
