@@ -105,7 +105,9 @@ def decoder_step_weights(model: torch.nn.Module) -> int:
     weight except the embedding tables (a lookup) and the encoder's (run once per source)."""
     from seq2seq.engine import decoder_step_matrix
 
-    return sum(p.numel() for name, p in model.named_parameters() if decoder_step_matrix(name, p))
+    # remove_duplicate=False: a tied output layer shares the embedding's Parameter, and is a product.
+    return sum(p.numel() for name, p in model.named_parameters(remove_duplicate=False)
+               if decoder_step_matrix(name, p))
 
 
 def model_flops(cfg: ModelConfig, model: torch.nn.Module, sources: list[list[int]], outputs: list[list[int]],
