@@ -35,7 +35,7 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
         bf16_ = pack_onednn(weight.to(at::kBFloat16));
       } catch (const c10::Error&) {
         // oneDNN's bf16 needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT. Elsewhere ATen's bf16
-        // product is 10-30x slower than float32 (measured on an AVX2 EPYC), so the weights
+        // product is 5-19x slower than float32 (docs/engine.md), so the weights
         // are rounded to bfloat16 and multiplied in float32: bfloat16's numbers at float32's speed.
         bf16_ = at::Tensor();
       }

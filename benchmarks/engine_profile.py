@@ -1,0 +1,40 @@
+"""Where the C++ engine spends a decoding call: torch.profiler's self CPU time per operator,
+over single-sentence calls on the first test sentences of an export's corpus.
+
+    python benchmarks/engine_profile.py runs/tatoeba_fr_en_transformer/export --threads 2 --beam-size 1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("export", help="an export directory")
+    parser.add_argument("--threads", type=int, default=2, help="the engine's intra-op threads")
+    parser.add_argument("--beam-size", type=int, default=1)
+    parser.add_argument("--sentences", type=int, default=40)
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args()
+
+    from seq2seq.config import DecodingOptions
+    from seq2seq.data import load_dataset
+    from seq2seq.engine import Engine
+
+    engine = Engine(args.export, threads=args.threads)
+    pairs = load_dataset(engine.data_cfg, [args.split]).splits[args.split][:args.sentences]
+    opts = DecodingOptions(beam_size=args.beam_size)
+    for source, _ in pairs[:5]:  # warm up: the first calls pay for allocations
+        engine.translate([source], opts)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for source, _ in pairs:
+            engine.translate([source], opts)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
