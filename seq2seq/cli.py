@@ -290,8 +290,8 @@ def cmd_plot_attention(args) -> int:
 
 def ctranslate2_backends(model: str, types: list[str], threads: int, folder: Path) -> dict:
     """CTranslate2 on the export converted per compute type it has (float32, int8), with one
-    intra-op thread and with `threads`: on two virtual CPUs its batch-1 decoding is several
-    times faster on one thread than on two."""
+    intra-op thread and with `threads`: which is faster at batch 1 depends on the machine
+    (docs/bench.md), and the ratios take the faster."""
     from seq2seq.convert import CTranslate2Decoder, convert_to_ctranslate2
     from seq2seq.export import is_export
 
