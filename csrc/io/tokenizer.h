@@ -23,6 +23,8 @@ class Tokenizer {
   virtual std::vector<int64_t> encode(const std::string& text) const = 0;
   // Text of token ids, skipping <pad>, <bos> and <eos> as the Python decoder does.
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
+  // Whether the id is one of the byte pieces that spell characters outside the vocabulary.
+  virtual bool is_byte(int64_t id) const = 0;
 };
 
 // Loads the model file; throws std::runtime_error naming the file (or the missing library).

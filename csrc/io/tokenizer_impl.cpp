@@ -34,6 +34,8 @@ class SentencePieceTokenizer final : public Tokenizer {
     return text;
   }
 
+  bool is_byte(int64_t id) const override { return sp_.IsByte(static_cast<int>(id)); }
+
  private:
   sentencepiece::SentencePieceProcessor sp_;
 };

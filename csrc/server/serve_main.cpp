@@ -115,9 +115,32 @@ Status logged(const char* method, ServerContext* ctx, const std::string& request
   return status;
 }
 
+// The first character of ``text`` the tokenizer can spell only with byte pieces, quoted with
+// its code point ("'Ж' (U+0416)"); empty when every character is in the vocabulary.
+std::string unknown_character(const Tokenizer& tok, const std::string& text) {
+  for (size_t i = 0; i < text.size();) {
+    size_t n = 1;
+    const unsigned char lead = text[i];
+    if (lead >= 0xF0) n = 4;
+    else if (lead >= 0xE0) n = 3;
+    else if (lead >= 0xC0) n = 2;
+    const std::string ch = text.substr(i, n);
+    for (int64_t id : tok.encode(ch)) {
+      if (!tok.is_byte(id)) continue;
+      uint32_t cp = n == 1 ? lead : lead & (0x7F >> n);
+      for (size_t k = 1; k < n && i + k < text.size(); ++k) cp = (cp << 6) | (text[i + k] & 0x3F);
+      char code[16];
+      std::snprintf(code, sizeof code, "U+%04X", cp);
+      return "'" + ch + "' (" + code + ")";
+    }
+    i += n;
+  }
+  return "";
+}
+
 struct Model {
   std::string name, dir, source_language, target_language;
-  std::string family;
+  std::string family, task;
   int64_t src_vocab = 0, tgt_vocab = 0;
   uint64_t parameters = 0;
   std::unique_ptr<Engine> engine;
@@ -134,6 +157,7 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& di
   const auto data = config.value("data", nlohmann::json::object());
   m->source_language = data.value("src", "");
   m->target_language = data.value("tgt", "");
+  m->task = config.value("task", "translation");
   for (const auto& [_, t] : exp.weights) m->parameters += t.numel();
   m->engine = std::make_unique<Engine>(exp.model_config, exp.weights, cfg.threads, cfg.compute_type);
   m->family = m->engine->model().family;
@@ -403,6 +427,13 @@ class Service final : public pb::TranslationService::Service {
         return invalid(where + ": " + e.what());
       }
       if (pieces.empty()) return invalid(where + " is empty");
+      if (m.task == "transliteration") {
+        const std::string unknown = unknown_character(*m.src, normalize(sentences[i]));
+        if (!unknown.empty())
+          return invalid(where + ": " + unknown + " is a character this transliteration model was not trained on " +
+                         "(it reads " + (m.source_language.empty() ? std::string("its source") : m.source_language) +
+                         " names); send the name in the model's source script");
+      }
       if (static_cast<int64_t>(pieces.size()) > max_tokens)
         return invalid(where + " has " + std::to_string(pieces.size()) + " tokens; the limit is " +
                        std::to_string(max_tokens));
@@ -509,6 +540,7 @@ class Service final : public pb::TranslationService::Service {
     out->set_compute_type(m.engine->compute_type());
     out->set_parameters(m.parameters);
     out->set_backend("cpp");
+    out->set_task(m.task);
   }
 
   const Config& cfg_;

