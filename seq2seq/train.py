@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from seq2seq.data.corpora import corpus_task
 from seq2seq.config import DataConfig, ModelConfig, TrainConfig, validate_train_config
 from seq2seq.data import BatchIterator, PairTokenizer, encode_pairs, load_dataset
 from seq2seq.data.tokenizers import PAD
@@ -211,8 +212,10 @@ def evaluate_loss(model, batches, device, workers: Workers = Workers()) -> dict[
 
 
 @torch.no_grad()
-def validation_bleu(model, batches, tokenizer, pairs, device, workers: Workers = Workers()) -> float:
-    """sacreBLEU corpus BLEU of greedy translations against the detokenized references."""
+def validation_bleu(model, batches, tokenizer, pairs, device, workers: Workers = Workers(),
+                    tokenize: str = "13a") -> float:
+    """sacreBLEU corpus BLEU of greedy translations against the detokenized references
+    (``tokenize="char"`` for names, where word 4-grams rarely exist)."""
     model.eval()
     hyps: dict[int, str] = {}
     for batch in workers.parts(batches):
@@ -222,7 +225,7 @@ def validation_bleu(model, batches, tokenizer, pairs, device, workers: Workers =
     for part in workers.gather(hyps):
         hyps.update(part)
     order = sorted(hyps)
-    return sacrebleu.corpus_bleu([hyps[i] for i in order], [[pairs[i][1] for i in order]]).score
+    return sacrebleu.corpus_bleu([hyps[i] for i in order], [[pairs[i][1] for i in order]], tokenize=tokenize).score
 
 
 def tensorboard_writer(cfg: TrainConfig, out: Path, log):
@@ -309,6 +312,7 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         model_cfg.src_vocab, model_cfg.tgt_vocab = tokenizer.src.vocab_size, tokenizer.tgt.vocab_size
     train_batches = BatchIterator(encode_pairs(tokenizer, data.splits["train"]), data_cfg)
     val_batches = BatchIterator(encode_pairs(tokenizer, data.splits["val"]), data_cfg, shuffle=False)
+    by_character = corpus_task(data_cfg) == "transliteration"
 
     core = build_model(model_cfg).to(device)
     optimizer = make_optimizer(core.parameters(), train_cfg)
@@ -386,12 +390,13 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
                    "tokens_per_s": tokens / (time.perf_counter() - started)}
         metrics.update(evaluate_loss(core, val_batches, device, workers))
         if train_cfg.val_bleu:
-            metrics["val_bleu"] = validation_bleu(core, val_batches, tokenizer, data.splits["val"], device, workers)
+            metrics["val_bleu"] = validation_bleu(core, val_batches, tokenizer, data.splits["val"], device, workers,
+                                                  "char" if by_character else "13a")
         if train_cfg.schedule == "plateau":
             scheduler.step(metrics["val_loss"])
         log(f"epoch {epoch}: train loss {metrics['train_loss']:.3f}, val loss {metrics['val_loss']:.3f}, "
             f"ppl {metrics['val_ppl']:.2f}, token acc {metrics['val_token_acc']:.3f}"
-            + (f", BLEU {metrics['val_bleu']:.2f}" if "val_bleu" in metrics else "")
+            + (f", {'character ' if by_character else ''}BLEU {metrics['val_bleu']:.2f}" if "val_bleu" in metrics else "")
             + f", {metrics['tokens_per_s']:.0f} tok/s")
 
         value = metrics[train_cfg.early_stop_metric]
