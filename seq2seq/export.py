@@ -78,13 +78,35 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
+# A config field's JSON type by its dataclass type, and how an error names it: an int field
+# takes no float or bool, a float one takes a whole number too, a tuple one a list of strings.
+FIELD_TYPES = {"int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+               "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+               "bool": ("true or false", lambda v: isinstance(v, bool)),
+               "str": ("a string", lambda v: isinstance(v, str)),
+               "tuple[str, ...]": ("a list of strings", lambda v: isinstance(v, list)
+                                   and all(isinstance(x, str) for x in v))}
+
+
+def shown(value) -> str:
+    """A JSON value as an error quotes it: short, as seq2seq-serve quotes it."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _config_fields(cls, values, path: Path, key: str):
     if not isinstance(values, dict):
         raise ExportError(f"{path}: \"{key}\" must be an object of {cls.__name__} fields")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    known = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ExportError(f"{path}: \"{key}\" has unknown field(s) {unknown}; this export needs a newer seq2seq")
+    for name, value in values.items():
+        kind, fits = FIELD_TYPES[known[name]]
+        if not fits(value):
+            raise ExportError(f"{path}: \"{key}.{name}\" must be {kind}, not {shown(value)}; correct it, or export "
+                              "the checkpoint again with `seq2seq export`")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return cls(**values)
     except TypeError as e:
@@ -102,6 +124,9 @@ def read_config(folder: Path) -> tuple[dict, ModelConfig, DataConfig]:
         raise ExportError(f"{path}: unreadable ({e})") from None
     except json.JSONDecodeError as e:
         raise ExportError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:  # json's decoder recurses once per [ or {
+        raise ExportError(f"{path}: nested too deeply; an export's JSON nests a few levels: export the checkpoint "
+                          "again with `seq2seq export`") from None
     if not isinstance(config, dict):
         raise ExportError(f"{path}: expected a JSON object")
     missing = [k for k in ("format_version", "family", "model", "data", "special_ids") if k not in config]

@@ -1,5 +1,12 @@
 """Starting and stopping the server: models, batchers, health, reflection, TLS, a bearer
-token, metrics, and a graceful SIGTERM."""
+token, metrics, and a graceful SIGTERM.
+
+The Prometheus metrics (--metrics-port) are not behind the bearer token, by decision: they
+listen on 127.0.0.1 only, where a scraper on the host reads them without a token to carry,
+and they hold counts and latencies labelled by method, status and loaded model name only,
+never request text, request ids, sentences or peers (the per-call log lines on stderr hold
+request ids and peers). tests/test_operator_errors.py checks that no request text shows there.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,13 @@ import hmac
 import json
 import logging
 import os
+import re
 import signal
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -61,29 +71,84 @@ def engine_workers(cfg: ServerConfig) -> int:
     return max(1, cores // (cfg.threads or cores))
 
 
+def bearer_token(token: str = "", token_file: str = "") -> str:
+    """The token every call must carry: --token, else --token-file's one line (one trailing
+    newline stripped), else $SEQ2SEQ_TOKEN; empty: none. seq2seq-serve reads them alike."""
+    if token and token_file:
+        raise ValueError("give --token or --token-file, not both")
+    if not token_file:
+        return token or os.environ.get("SEQ2SEQ_TOKEN", "")
+    try:
+        text = Path(token_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--token-file {token_file}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ValueError(f"--token-file {token_file}: the file is empty; write the token in it")
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"--token-file {token_file}: holds more than one line; write the token alone on one line")
+    return text
+
+
+def check_tls(cert: str, key: str) -> tuple[bytes, bytes]:
+    """The PEM certificate chain and key, checked as a pair before anything starts: given
+    files it cannot use, grpc says only "Failed to bind to address"."""
+    if not (cert and key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    pems = {}
+    for flag, path, label in (("--tls-cert", cert, "CERTIFICATE"), ("--tls-key", key, "PRIVATE KEY")):
+        try:
+            pems[flag] = Path(path).read_bytes()
+        except OSError as e:
+            raise ValueError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
+        if not re.search(rb"-----BEGIN [A-Z ]*" + label.encode() + b"-----", pems[flag]):
+            raise ValueError(f"{flag} {path}: not a PEM {label.lower()} (no '-----BEGIN ...{label}-----' line)")
+    if b"ENCRYPTED" in pems["--tls-key"]:
+        raise ValueError(f"--tls-key {key}: the key is encrypted, which grpc cannot use; write it unencrypted "
+                         f"(openssl pkey -in {key} -out KEY.pem)")
+
+    def no_passphrase():  # else OpenSSL asks for one on the terminal
+        raise ValueError(f"--tls-key {key}: the key needs a passphrase, which grpc cannot use")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"--tls-key {key} is not the key of the certificate in --tls-cert {cert}; give the key "
+                             "the certificate was made with") from None
+        raise ValueError(f"--tls-cert {cert}, --tls-key {key}: not a usable certificate and key ({e})") from None
+    return pems["--tls-cert"], pems["--tls-key"]
+
+
+# seq2seq-serve answers in the same words.
+UNAUTHENTICATED = "a valid 'authorization: Bearer TOKEN' is required"
+SEVERAL_AUTHORIZATIONS = "the call carries {} 'authorization' entries; send one: 'authorization: Bearer TOKEN'"
+
+
 class BearerToken(grpc.ServerInterceptor):
+    """Calls without the token are refused, with one 'authorization' entry or with several
+    (the valid one among them or not), and so are calls to methods the server does not
+    have: without the token a caller learns nothing, as from seq2seq-serve."""
+
     def __init__(self, token: str):
         self.expected = f"Bearer {token}".encode()
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer TOKEN' is required")
-
-        self.deny = deny
-
     def intercept_service(self, continuation, details):
-        given = dict(details.invocation_metadata).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self.expected):
+        given = [value for key, value in details.invocation_metadata if key == "authorization"]
+        if len(given) == 1 and hmac.compare_digest(given[0].encode(), self.expected):
             return continuation(details)
+        message = UNAUTHENTICATED if len(given) < 2 else SEVERAL_AUTHORIZATIONS.format(len(given))
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
         handler = continuation(details)
-        if handler is None:
-            return None
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(lambda it, ctx: self.deny(None, ctx))
+        if handler is None or (handler.request_streaming and handler.response_streaming):
+            return grpc.stream_stream_rpc_method_handler(lambda it, ctx: deny(None, ctx))
         if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(lambda it, ctx: self.deny(None, ctx))
+            return grpc.stream_unary_rpc_method_handler(lambda it, ctx: deny(None, ctx))
         if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(self.deny)
-        return grpc.unary_unary_rpc_method_handler(self.deny)
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
 
 
 class CallsInFlight(grpc.ServerInterceptor):
@@ -132,6 +197,7 @@ class Server:
 
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
+        tls = check_tls(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert or cfg.tls_key else None
         self.metrics = Metrics(cfg.metrics_port)
         self.health = health.HealthServicer()
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -145,12 +211,9 @@ class Server:
                                 interceptors=interceptors, maximum_concurrent_rpcs=cfg.rpc_threads)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         address = f"{cfg.host}:{cfg.port}"
-        if cfg.tls_cert or cfg.tls_key:
-            if not (cfg.tls_cert and cfg.tls_key):
-                raise ValueError("TLS needs both --tls-cert and --tls-key")
-            with open(cfg.tls_key, "rb") as k, open(cfg.tls_cert, "rb") as c:
-                credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
-            self.port = self.grpc.add_secure_port(address, credentials)
+        if tls:
+            cert_pem, key_pem = tls
+            self.port = self.grpc.add_secure_port(address, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
         else:
             self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:

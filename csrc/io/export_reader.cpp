@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "../common.h"
+#include "../models/model.h"
 
 namespace seq2seq {
 namespace {
@@ -17,7 +18,34 @@ using json = nlohmann::json;
   throw std::runtime_error(path + ": " + problem);
 }
 
+// The deepest nesting of [ and { in JSON text, strings skipped. nlohmann's parser keeps a
+// stack of its own, but dump() and comparisons recurse: a config.json of 100,000 nested [
+// crashed the server. An export's JSON nests a few levels.
+constexpr size_t kMaxJsonDepth = 64;
+
+size_t json_depth(const std::string& text) {
+  size_t depth = 0, deepest = 0;
+  bool quoted = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '\\') ++i;
+      else if (c == '"') quoted = false;
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 json parse_json(const std::string& text, const std::string& path) {
+  if (json_depth(text) > kMaxJsonDepth)
+    fail(path, "nested too deeply; an export's JSON nests a few levels: export the checkpoint again with "
+               "`seq2seq export`");
   try {
     return json::parse(text);
   } catch (const json::parse_error& e) {
@@ -51,16 +79,40 @@ std::vector<int64_t> tensor_shape(const std::string& path, const std::string& na
   return shape;
 }
 
+// A field the C++ programs read, when present, must be a string (else true or false).
+void expect(const std::string& path, const json& section, const std::string& prefix, const char* key, bool string) {
+  if (!section.contains(key)) return;
+  const json& value = section[key];
+  if (string ? !value.is_string() : !value.is_boolean())
+    fail(path, json_type_error(prefix + key, value, string ? "a string" : "true or false"));
+}
+
 json read_config(const std::string& dir) {
   const std::string path = dir + "/config.json";
   const json config = parse_json(read_file(path), path);
   if (!config.is_object()) fail(path, "expected a JSON object");
-  const int version = config.value("format_version", -1);
+  if (!config.contains("format_version"))
+    fail(path, "no format_version: this is not an export (write one with `seq2seq export`)");
+  if (!config["format_version"].is_number_integer())
+    fail(path, json_type_error("format_version", config["format_version"], "an integer"));
+  const int64_t version = config["format_version"].get<int64_t>();
   if (version < 1) fail(path, "no format_version: this is not an export (write one with `seq2seq export`)");
   if (version > kFormatVersion)
     fail(path, "format_version " + std::to_string(version) + " is newer than this engine reads (" +
                    std::to_string(kFormatVersion) + "): update the engine");
   if (!config.contains("model") || !config["model"].is_object()) fail(path, "no \"model\" object");
+  try {
+    check_model_config(config["model"]);
+  } catch (const std::invalid_argument& e) {
+    fail(path, e.what());
+  }
+  expect(path, config, "", "task", true);
+  if (config.contains("data")) {
+    const json& data = config["data"];
+    if (!data.is_object()) fail(path, "\"data\" must be an object of DataConfig fields");
+    for (const char* key : {"src", "tgt", "task"}) expect(path, data, "data.", key, true);
+    for (const char* key : {"lowercase", "ascii_fold"}) expect(path, data, "data.", key, false);
+  }
   return config;
 }
 

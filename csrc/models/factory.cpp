@@ -9,22 +9,51 @@ namespace {
 
 using json = nlohmann::json;
 
-// Every field of seq2seq.config.ModelConfig: an export holds them all, and nothing else.
-const char* const kFields[] = {"family", "src_vocab", "tgt_vocab", "dropout", "cell", "emb_dim", "hidden", "layers",
-                               "bidirectional", "context_feed", "attention", "attention_dim", "input_feed", "d_model",
-                               "heads", "ff_dim", "enc_layers", "dec_layers", "norm", "positions", "max_positions",
-                               "tie_embeddings"};
+// Every field of seq2seq.config.ModelConfig and its type: an export holds them all, and nothing else.
+enum Kind { kInteger, kNumber, kBool, kString };
+const std::pair<const char*, Kind> kFields[] = {
+    {"family", kString}, {"src_vocab", kInteger}, {"tgt_vocab", kInteger}, {"dropout", kNumber},
+    {"cell", kString}, {"emb_dim", kInteger}, {"hidden", kInteger}, {"layers", kInteger},
+    {"bidirectional", kBool}, {"context_feed", kBool}, {"attention", kString}, {"attention_dim", kInteger},
+    {"input_feed", kBool}, {"d_model", kInteger}, {"heads", kInteger}, {"ff_dim", kInteger},
+    {"enc_layers", kInteger}, {"dec_layers", kInteger}, {"norm", kString}, {"positions", kString},
+    {"max_positions", kInteger}, {"tie_embeddings", kBool}};
 
+// Read once check_model_config has passed: every type is as kFields says.
 template <typename T>
 T field(const json& m, const char* key) {
-  try {
-    return m.at(key).get<T>();
-  } catch (const json::exception&) {
-    throw std::invalid_argument(std::string("model.") + key + " has the wrong type (" + m.at(key).dump() + ")");
-  }
+  return m.at(key).get<T>();
 }
 
 }  // namespace
+
+std::string json_type_error(const std::string& where, const nlohmann::json& value, const char* kind) {
+  std::string shown = value.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (shown.size() > 40) shown = shown.substr(0, 37) + "...";
+  return "\"" + where + "\" must be " + kind + ", not " + shown +
+         "; correct it, or export the checkpoint again with `seq2seq export`";
+}
+
+void check_model_config(const nlohmann::json& m) {
+  check(m.is_object(), "the model configuration must be a JSON object of ModelConfig fields");
+  for (const auto& [key, _] : kFields)
+    check(m.contains(key), std::string("the model configuration lacks model.") + key +
+                               ": export the checkpoint again with this seq2seq");
+  for (const auto& [key, value] : m.items()) {
+    const Kind* kind = nullptr;
+    for (const auto& [k, type] : kFields)
+      if (key == k) kind = &type;
+    check(kind != nullptr, "the model configuration has model." + key +
+                               ", which this engine does not know: the export needs a newer engine");
+    // As seq2seq/export.py's FIELD_TYPES: an integer takes no 256.5 or true, a number a whole one too.
+    const bool fits = *kind == kInteger ? value.is_number_integer()
+                      : *kind == kNumber ? value.is_number()
+                      : *kind == kBool   ? value.is_boolean()
+                                         : value.is_string();
+    const char* names[] = {"an integer", "a number", "true or false", "a string"};
+    check(fits, json_type_error("model." + key, value, names[*kind]));
+  }
+}
 
 std::unique_ptr<Model> create_model(const std::string& model_config_json, const Weights& weights,
                                     ComputeType compute_type) {
@@ -34,16 +63,7 @@ std::unique_ptr<Model> create_model(const std::string& model_config_json, const 
   } catch (const json::parse_error& e) {
     throw std::invalid_argument(std::string("the model configuration is malformed JSON (") + e.what() + ")");
   }
-  check(m.is_object(), "the model configuration must be a JSON object of ModelConfig fields");
-  for (const char* key : kFields)
-    check(m.contains(key), std::string("the model configuration lacks model.") + key +
-                               ": export the checkpoint again with this seq2seq");
-  for (const auto& [key, _] : m.items()) {
-    bool known = false;
-    for (const char* k : kFields) known = known || key == k;
-    check(known, "the model configuration has model." + key +
-                     ", which this engine does not know: the export needs a newer engine");
-  }
+  check_model_config(m);
   const auto family = field<std::string>(m, "family");
   const auto src_vocab = field<int64_t>(m, "src_vocab"), tgt_vocab = field<int64_t>(m, "tgt_vocab");
   check(src_vocab > kEos + 1 && tgt_vocab > kEos + 1, "model.src_vocab and tgt_vocab must be above 4");

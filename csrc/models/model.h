@@ -12,6 +12,7 @@
 
 #include <map>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,12 @@ class Model {
 // model configuration. Throws std::invalid_argument naming a bad field or tensor.
 std::unique_ptr<Model> create_model(const std::string& model_config_json, const Weights& weights,
                                     ComputeType compute_type);
+// What create_model checks first: every field present, known and of its type; else
+// std::invalid_argument naming the field (io/export_reader.cpp adds the file).
+void check_model_config(const nlohmann::json& model);
+// A config.json field of the wrong type, in seq2seq/export.py's words:
+// "model.hidden" must be an integer, not "256"; correct it, or export the checkpoint again ...
+std::string json_type_error(const std::string& where, const nlohmann::json& value, const char* kind);
 
 // The families (models/rnn.cpp, models/transformer.cpp). Config values are read by the factory.
 struct RnnConfig {

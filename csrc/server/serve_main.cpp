@@ -7,6 +7,7 @@
 //   seq2seq-serve --model NAME=EXPORT_DIR [--port 50051] [--threads 1] [--workers 0] ...
 //   (seq2seq-serve --help lists every option)
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
@@ -25,6 +26,9 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -62,6 +66,7 @@ struct Config {
   int64_t max_message_bytes = 4 << 20, rpc_threads = 128;
   int64_t max_source_tokens = 1024;  // as the Python Engine's
   std::string token, tls_cert, tls_key;
+  std::string tls_cert_pem, tls_key_pem;  // the files' contents, checked by check_tls
 };
 
 const char* kUsage =
@@ -78,8 +83,11 @@ const char* kUsage =
     "  --max-chars 2000 --max-tokens 256 --max-sentences 256 --max-beam 32   per-request limits\n"
     "  --max-message-bytes 4194304\n"
     "  --rpc-threads 128      calls handled at once\n"
-    "  --token TOKEN          require 'authorization: Bearer TOKEN' (or $SEQ2SEQ_TOKEN)\n"
-    "  --tls-cert FILE --tls-key FILE   serve TLS\n"
+    "  --token TOKEN          require 'authorization: Bearer TOKEN' (shows in ps: prefer --token-file or\n"
+    "                         $SEQ2SEQ_TOKEN, read when neither flag is given)\n"
+    "  --token-file FILE      the token from this file's one line (a trailing newline is dropped; an empty\n"
+    "                         or unreadable file is an error)\n"
+    "  --tls-cert FILE --tls-key FILE   serve TLS: a PEM certificate chain and its unencrypted PEM key\n"
     "  --grace 10             seconds in-flight calls get on SIGTERM\n";
 
 // One JSON object per line on stderr, whole lines even when calls end at once.
@@ -189,6 +197,44 @@ struct Call {
 };
 
 Status invalid(const std::string& message) { return Status(StatusCode::INVALID_ARGUMENT, message); }
+
+// Every call's token check, the service's methods' and unknown methods' alike, in
+// server/app.py's words (BearerToken): a call carrying several 'authorization' entries is
+// refused whichever of them is valid.
+Status authorize(const std::string& token, const grpc::ServerContextBase& ctx) {
+  if (token.empty()) return Status::OK;
+  const auto [first, last] = ctx.client_metadata().equal_range("authorization");
+  const auto n = std::distance(first, last);
+  if (n > 1)
+    return Status(StatusCode::UNAUTHENTICATED, "the call carries " + std::to_string(n) +
+                                                   " 'authorization' entries; send one: 'authorization: Bearer TOKEN'");
+  const std::string expected = "Bearer " + token;
+  const std::string given = n ? std::string(first->second.data(), first->second.size()) : "";
+  // Compared in time independent of where they differ.
+  unsigned char diff = given.size() != expected.size();
+  for (size_t i = 0; i < expected.size(); ++i) diff |= expected[i] ^ (i < given.size() ? given[i] : 0);
+  if (diff) return Status(StatusCode::UNAUTHENTICATED, "a valid 'authorization: Bearer TOKEN' is required");
+  return Status::OK;
+}
+
+// Methods the server does not have: without the token UNAUTHENTICATED, as every other call
+// (a caller learns nothing, not even which methods exist), else UNIMPLEMENTED in grpcio's words.
+class UnknownMethods final : public grpc::CallbackGenericService {
+ public:
+  explicit UnknownMethods(const std::string& token) : token_(token) {}
+
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
+    struct Refusal : grpc::ServerGenericBidiReactor {
+      explicit Refusal(const Status& status) { Finish(status); }
+      void OnDone() override { delete this; }
+    };
+    const Status status = authorize(token_, *ctx);
+    return new Refusal(status.ok() ? Status(StatusCode::UNIMPLEMENTED, "Method not found!") : status);
+  }
+
+ private:
+  const std::string token_;
+};
 
 class Service final : public pb::TranslationService::Service {
  public:
@@ -351,16 +397,8 @@ class Service final : public pb::TranslationService::Service {
   }
 
   Status admit(ServerContext* ctx) const {
-    if (!cfg_.token.empty()) {
-      const std::string expected = "Bearer " + cfg_.token;
-      const auto& meta = ctx->client_metadata();
-      const auto it = meta.find("authorization");
-      std::string given = it == meta.end() ? "" : std::string(it->second.data(), it->second.size());
-      // Compared in time independent of where they differ.
-      unsigned char diff = given.size() != expected.size();
-      for (size_t i = 0; i < expected.size(); ++i) diff |= expected[i] ^ (i < given.size() ? given[i] : 0);
-      if (diff) return Status(StatusCode::UNAUTHENTICATED, "a valid 'authorization: Bearer TOKEN' is required");
-    }
+    const Status status = authorize(cfg_.token, *ctx);
+    if (!status.ok()) return status;
     if (!ready_) return Status(StatusCode::UNAVAILABLE, "the models are still loading; retry shortly");
     return Status::OK;
   }
@@ -548,9 +586,65 @@ class Service final : public pb::TranslationService::Service {
   std::atomic<bool> ready_{false};
 };
 
+// --token-file's one line, one trailing newline dropped, as server/app.py's bearer_token.
+std::string read_token_file(const std::string& path) {
+  std::string text;
+  try {
+    text = read_file(path);
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(std::string("--token-file ") + e.what());
+  }
+  if (!text.empty() && text.back() == '\n') text.pop_back();
+  if (!text.empty() && text.back() == '\r') text.pop_back();
+  if (text.empty()) throw std::invalid_argument("--token-file " + path + ": the file is empty; write the token in it");
+  if (text.find_first_of("\r\n") != std::string::npos)
+    throw std::invalid_argument("--token-file " + path +
+                                ": holds more than one line; write the token alone on one line");
+  return text;
+}
+
+// The PEM certificate chain and key, read and checked as a pair before anything starts, in
+// server/app.py's words (check_tls): given files it cannot use, gRPC says only that it cannot listen.
+void check_tls(Config& cfg) {
+  auto pem = [](const std::string& flag, const std::string& path, const std::string& label, const char* what) {
+    std::string text;
+    try {
+      text = read_file(path);
+    } catch (const std::exception& e) {
+      throw std::invalid_argument(flag + " " + e.what());
+    }
+    if (text.find("-----BEGIN ") == std::string::npos || text.find(label + "-----") == std::string::npos)
+      throw std::invalid_argument(flag + " " + path + ": not a PEM " + what + " (no '-----BEGIN ..." + label +
+                                  "-----' line)");
+    return text;
+  };
+  cfg.tls_cert_pem = pem("--tls-cert", cfg.tls_cert, "CERTIFICATE", "certificate");
+  cfg.tls_key_pem = pem("--tls-key", cfg.tls_key, "PRIVATE KEY", "private key");
+  if (cfg.tls_key_pem.find("ENCRYPTED") != std::string::npos)
+    throw std::invalid_argument("--tls-key " + cfg.tls_key + ": the key is encrypted, which grpc cannot use; write it "
+                                "unencrypted (openssl pkey -in " + cfg.tls_key + " -out KEY.pem)");
+  BIO* cert_bio = BIO_new_mem_buf(cfg.tls_cert_pem.data(), static_cast<int>(cfg.tls_cert_pem.size()));
+  BIO* key_bio = BIO_new_mem_buf(cfg.tls_key_pem.data(), static_cast<int>(cfg.tls_key_pem.size()));
+  X509* cert = PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr);
+  // No passphrase: OpenSSL would ask for one on the terminal.
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(key_bio, nullptr, [](char*, int, int, void*) { return 0; }, nullptr);
+  const bool cert_read = cert != nullptr, key_read = key != nullptr;
+  const bool pair = cert_read && key_read && X509_check_private_key(cert, key) == 1;
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  BIO_free(cert_bio);
+  BIO_free(key_bio);
+  ERR_clear_error();
+  if (!cert_read) throw std::invalid_argument("--tls-cert " + cfg.tls_cert + ": not a usable PEM certificate");
+  if (!key_read) throw std::invalid_argument("--tls-key " + cfg.tls_key + ": not a usable PEM private key");
+  if (!pair)
+    throw std::invalid_argument("--tls-key " + cfg.tls_key + " is not the key of the certificate in --tls-cert " +
+                                cfg.tls_cert + "; give the key the certificate was made with");
+}
+
 Config parse(int argc, char** argv) {
   Config cfg;
-  if (const char* token = std::getenv("SEQ2SEQ_TOKEN")) cfg.token = token;
+  std::string token_file;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "--help" || flag == "-h") {
@@ -583,6 +677,7 @@ Config parse(int argc, char** argv) {
     else if (flag == "--max-message-bytes") cfg.max_message_bytes = parse_integer(flag, value);
     else if (flag == "--rpc-threads") cfg.rpc_threads = parse_integer(flag, value);
     else if (flag == "--token") cfg.token = value;
+    else if (flag == "--token-file") token_file = value;
     else if (flag == "--tls-cert") cfg.tls_cert = value;
     else if (flag == "--tls-key") cfg.tls_key = value;
     else if (flag == "--grace") cfg.grace_s = parse_number(flag, value);
@@ -597,6 +692,12 @@ Config parse(int argc, char** argv) {
       cfg.max_message_bytes < 1 || cfg.rpc_threads < 1)
     throw std::invalid_argument("the --max-* limits and --rpc-threads must be positive");
   if (cfg.tls_cert.empty() != cfg.tls_key.empty()) throw std::invalid_argument("TLS needs both --tls-cert and --tls-key");
+  if (!cfg.tls_cert.empty()) check_tls(cfg);
+  // As server/app.py's bearer_token: --token, else --token-file, else $SEQ2SEQ_TOKEN.
+  if (!cfg.token.empty() && !token_file.empty()) throw std::invalid_argument("give --token or --token-file, not both");
+  if (!token_file.empty()) cfg.token = read_token_file(token_file);
+  const char* env_token = std::getenv("SEQ2SEQ_TOKEN");
+  if (cfg.token.empty() && token_file.empty() && env_token) cfg.token = env_token;
   return cfg;
 }
 
@@ -623,13 +724,15 @@ int serve(const Config& cfg) {
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!cfg.tls_cert.empty()) {
     grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({read_file(cfg.tls_key), read_file(cfg.tls_cert)});
+    ssl.pem_key_cert_pairs.push_back({cfg.tls_key_pem, cfg.tls_cert_pem});
     credentials = grpc::SslServerCredentials(ssl);
   }
   int port = 0;
   const std::string address = cfg.host + ":" + std::to_string(cfg.port);
   builder.AddListeningPort(address, credentials, &port);
   builder.RegisterService(&service);
+  UnknownMethods unknown(cfg.token);
+  builder.RegisterCallbackGenericService(&unknown);
   builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(cfg.max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
