@@ -18,6 +18,7 @@ import re
 import signal
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +220,8 @@ class Server:
         if self.port == 0:
             raise OSError(f"cannot listen on {address} (in use?)")
         self.models = {}
-        self.service = TranslationService(self.models, cfg.limits, self.metrics, cfg.data_dir)
+        self.service = TranslationService(self.models, cfg.limits, self.metrics, cfg.data_dir,
+                                          cfg.max_message_bytes)
         pb_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
         # Health answers NOT_SERVING while the models load.
@@ -246,6 +248,7 @@ class Server:
             return True
         self._stopped.set()
         grace = self.cfg.grace_s if grace is None else grace
+        self.metrics.grace_ends = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
         # grpcio cancels the calls left when its grace ends; given a longer one, the cancel at
         # the end of ours comes after the count of those calls, not racing it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from contextlib import contextmanager
 
@@ -11,6 +12,10 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("seq2seq.server")
+
+# A caller whose deadline passes cancels the call; the cancel reaches the server about when the
+# server's own copy of the deadline (the caller's, carried in the call) passes.
+DEADLINE_SLACK_S = 0.1
 
 
 class Metrics:
@@ -25,6 +30,7 @@ class Metrics:
         self.queue_depth = Gauge("seq2seq_queue_sentences", "sentences waiting for the engine", ["model"],
                                  registry=self.registry)
         self._children: dict = {}
+        self.grace_ends = math.inf  # when a stop's grace period ends, gRPC cancels the calls left
         self.server = None
         if port is not None:
             self.server, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -43,7 +49,7 @@ class Metrics:
 
     @contextmanager
     def observe(self, method: str, context, request_id: str, sentences: int):
-        """Counts the call under its final status, times it and logs it as one JSON line."""
+        """Counts the call under the status its caller gets, times it and logs it as one JSON line."""
         started = time.perf_counter()
         status = "OK"
         try:
@@ -53,11 +59,23 @@ class Metrics:
             status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
             raise
         finally:
+            if not context.is_active():  # it ended before the handler answered: gRPC gave the caller a status
+                status = self.ended(context)
             seconds = time.perf_counter() - started
             self._child(self.requests, method, status).inc()
             self._child(self.latency, method).observe(seconds)
             log.info(json.dumps({"method": method, "status": status, "ms": round(1000 * seconds, 2),
                                  "request_id": request_id, "sentences": sentences, "peer": context.peer()}))
+
+    def ended(self, context) -> str:
+        """The status a caller gets for a call that ended before its handler answered (the
+        server's answer is never sent): its deadline passed, the stop cancelled it once the
+        grace period was over (gRPC says UNAVAILABLE), or the caller cancelled it."""
+        if context.time_remaining() < DEADLINE_SLACK_S:
+            return "DEADLINE_EXCEEDED"
+        if time.monotonic() >= self.grace_ends:
+            return "UNAVAILABLE"
+        return "CANCELLED"
 
     def _child(self, metric, *labels):
         # labels() takes a lock and validates on every call; the server asks for the same few.

@@ -44,6 +44,11 @@ class Model:
     batcher: Batcher | None = None
     _python: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    token_bytes: int = field(init=False)  # the most bytes one target token adds to a text
+
+    def __post_init__(self):
+        tgt = self.translator.tokenizer.tgt  # a token's piece alone, and the space before it
+        self.token_bytes = 1 + max(len(tgt.decode([i]).encode()) for i in range(tgt.vocab_size))
 
     def python(self):
         """The Python reference decoder on the same export, loaded on first use."""
@@ -145,6 +150,27 @@ def check_shard(shard: int, shards: int) -> None:
         raise Invalid(f"shard {shard} with shards {shards}: shard must be within 0..{shards - 1}")
 
 
+def response_bound(model: Model, request_id: str, ids: list[list[int]], opts: DecodingOptions) -> int:
+    """The most bytes a TranslateResponse to these sentences can take: each sentence's n_best
+    hypotheses of at most its maximum length (seq2seq.decoding.length_limits) in tokens of at
+    most model.token_bytes, their scores, and their attention ((tokens + 1) x (source tokens
+    + 1) floats), with every field's tag and length. seq2seq-serve bounds alike."""
+    import torch
+
+    from seq2seq.decoding import length_limits
+
+    total = 16 + len(request_id.encode()) + len(model.name.encode())
+    for n, tokens in zip(map(len, ids), length_limits(torch.tensor([len(s) + 1 for s in ids]), opts)[1]):
+        attention = 24 + 4 * (tokens + 1) * (n + 1) if opts.return_attention else 0
+        total += 8 + opts.n_best * (40 + tokens * model.token_bytes + attention)
+    return total
+
+
+def too_big(what: str, size: int, limit: int) -> str:
+    return (f"the response {what} {size} bytes, over the server's limit of {limit} (--max-message-bytes); ask for "
+            "fewer sentences, a smaller n_best or max_length, or no attention")
+
+
 def hypothesis(h, scores: bool):
     out = pb.Hypothesis(text=h.text)
     if scores:
@@ -159,8 +185,9 @@ def hypothesis(h, scores: bool):
 
 class TranslationService(pb_grpc.TranslationServiceServicer):
     def __init__(self, models: dict[str, Model], limits: Limits = Limits(), metrics: Metrics | None = None,
-                 data_dir: str = ""):
+                 data_dir: str = "", max_message_bytes: int = 4 * 2**20):
         self.models, self.limits, self.data_dir = models, limits, data_dir
+        self.max_message_bytes = max_message_bytes  # gRPC refuses to send a larger message
         self.metrics = metrics or Metrics(None)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -210,6 +237,10 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             ids = self._encode(model, request.sentences)
         except Invalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        # Refused before decoding: else gRPC would refuse to send the answer after it.
+        bound = response_bound(model, request.request_id, ids, opts)
+        if bound > self.max_message_bytes:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big("could reach", bound, self.max_message_bytes))
         remaining = context.time_remaining()  # None, or near-infinite, when the caller set no deadline
         deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e7 else None
         try:
@@ -233,7 +264,11 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         scores = request.options.return_scores
         translations = [pb.Translation(hypotheses=[hypothesis(model.translator.translation(h), scores) for h in sentence])
                         for sentence in hyps]
-        return pb.TranslateResponse(request_id=request.request_id, model=model.name, translations=translations)
+        response = pb.TranslateResponse(request_id=request.request_id, model=model.name, translations=translations)
+        size = response.ByteSize()
+        if size > self.max_message_bytes:  # the bound should make this impossible
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big("is", size, self.max_message_bytes))
+        return response
 
     # -- RPCs ------------------------------------------------------------------------------
     def Translate(self, request, context):
@@ -346,7 +381,13 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             a, b = outputs["cpp"], outputs["python"]
             result.identical = sum(x == y for x, y in zip(a, b))
             result.first_difference = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), -1)
-        yield pb.EvaluateEvent(result=result)
+        event = pb.EvaluateEvent(result=result)
+        size = event.ByteSize()
+        if size > self.max_message_bytes:  # gRPC would refuse to send it
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the result is {size} bytes, over the server's limit "
+                          f"of {self.max_message_bytes} (--max-message-bytes); evaluate fewer sentences (limit, "
+                          "shards) or without return_texts")
+        yield event
 
     def _evaluation_pairs(self, model: Model, request) -> list[tuple[str, str]]:
         from seq2seq.data import load_dataset

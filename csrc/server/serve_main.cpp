@@ -103,8 +103,24 @@ void log_event(const nlohmann::json& event) {
 constexpr double kStopMarginS = 5.0;
 
 std::atomic<int64_t> calls_in_flight{0};  // the service's handlers running, for the stop's log line
+// When a stop's grace period ends: gRPC then cancels the calls left, and their callers get UNAVAILABLE.
+std::atomic<Clock::rep> grace_ends{Clock::time_point::max().time_since_epoch().count()};
 
-// Runs an RPC's body and logs the call as one line, as the Python server does.
+// A caller whose deadline passes cancels the call; the cancel reaches the server about when the
+// server's own copy of the deadline (the caller's, carried in the call) passes.
+constexpr auto kDeadlineSlack = std::chrono::milliseconds(100);
+
+// The status a caller gets for a call that ended before its handler answered (the handler's
+// status is never sent): its deadline passed, the stop cancelled it once the grace period was
+// over, or the caller cancelled it. As server/metrics.py's Metrics.ended.
+const char* ended(const ServerContext* ctx) {
+  if (std::chrono::system_clock::now() + kDeadlineSlack > ctx->deadline()) return "DEADLINE_EXCEEDED";
+  if (Clock::now().time_since_epoch().count() >= grace_ends) return "UNAVAILABLE";
+  return "CANCELLED";
+}
+
+// Runs an RPC's body and logs the call as one line, as the Python server does, with the status
+// its caller gets.
 template <typename Body>
 Status logged(const char* method, ServerContext* ctx, const std::string& request_id, int sentences, Body body) {
   const auto started = Clock::now();
@@ -117,7 +133,8 @@ Status logged(const char* method, ServerContext* ctx, const std::string& request
                                       "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
   const int code = status.error_code();
   const double ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
-  log_event({{"method", method}, {"status", code >= 0 && code <= 16 ? names[code] : "UNKNOWN"},
+  log_event({{"method", method},
+             {"status", ctx->IsCancelled() ? ended(ctx) : code >= 0 && code <= 16 ? names[code] : "UNKNOWN"},
              {"ms", std::round(ms * 100) / 100}, {"request_id", request_id}, {"sentences", sentences},
              {"peer", ctx->peer()}});
   return status;
@@ -154,6 +171,7 @@ struct Model {
   std::unique_ptr<Engine> engine;
   std::unique_ptr<Tokenizer> src, tgt;
   std::unique_ptr<Batcher> batcher;
+  int64_t token_bytes = 0;  // the most bytes one target token adds to a text
 };
 
 std::unique_ptr<Model> load_model(const std::string& name, const std::string& dir, const Config& cfg, int workers) {
@@ -174,6 +192,8 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& di
   const TokenizerFiles tokenizers = tokenizer_files(dir);
   m->src = load_sentencepiece(tokenizers.source);
   m->tgt = load_sentencepiece(tokenizers.target);
+  for (int64_t id = 0; id < m->tgt_vocab; ++id)  // a token's piece alone, and the space before it
+    m->token_bytes = std::max(m->token_bytes, static_cast<int64_t>(m->tgt->decode({id}).size()) + 1);
   const Engine* engine = m->engine.get();
   m->batcher = std::make_unique<Batcher>(
       [engine](const std::vector<std::vector<int64_t>>& s, const DecodeOptions& o) { return engine->translate(s, o); },
@@ -197,6 +217,32 @@ struct Call {
 };
 
 Status invalid(const std::string& message) { return Status(StatusCode::INVALID_ARGUMENT, message); }
+
+// The most bytes a TranslateResponse to these sentences can take, as server/service.py's
+// response_bound: each sentence's n_best hypotheses of at most its maximum length (decoding.cpp's
+// length_limits) in tokens of at most token_bytes, their scores, and their attention
+// ((tokens + 1) x (source tokens + 1) floats), with every field's tag and length.
+int64_t response_bound(const Model& m, const std::string& request_id, const std::vector<std::vector<int64_t>>& ids,
+                       const DecodeOptions& opts) {
+  int64_t total = 16 + request_id.size() + m.name.size();
+  for (const auto& s : ids) {
+    const auto n = static_cast<int64_t>(s.size());
+    int64_t tokens = opts.max_length;
+    if (opts.max_length_ratio != 0.0)
+      tokens = std::min(tokens, static_cast<int64_t>(std::floor(opts.max_length_ratio * n)) + opts.max_length_extra);
+    tokens = std::max<int64_t>(tokens, 1);
+    const int64_t attention = opts.return_attention ? 24 + 4 * (tokens + 1) * (n + 1) : 0;
+    total += 8 + opts.n_best * (40 + tokens * m.token_bytes + attention);
+  }
+  return total;
+}
+
+Status too_big(const char* what, int64_t size, int64_t limit) {
+  return Status(StatusCode::RESOURCE_EXHAUSTED,
+                std::string("the response ") + what + " " + std::to_string(size) + " bytes, over the server's limit of " +
+                    std::to_string(limit) + " (--max-message-bytes); ask for fewer sentences, a smaller n_best or " +
+                    "max_length, or no attention");
+}
 
 // Every call's token check, the service's methods' and unknown methods' alike, in
 // server/app.py's words (BearerToken): a call carrying several 'authorization' entries is
@@ -492,6 +538,9 @@ class Service final : public pb::TranslationService::Service {
     status = options(request.options(), &opts);
     if (status.ok()) status = encode(*m, request.sentences(), &ids);
     if (!status.ok()) return status;
+    // Refused before decoding: else gRPC would refuse to send the answer after it.
+    const int64_t bound = response_bound(*m, request.request_id(), ids, opts);
+    if (bound > cfg_.max_message_bytes) return too_big("could reach", bound, cfg_.max_message_bytes);
     auto call = std::make_shared<Call>();
     call->model = m;
     call->request_id = request.request_id();
@@ -565,7 +614,8 @@ class Service final : public pb::TranslationService::Service {
         }
       }
     }
-    return Status::OK;
+    const auto size = static_cast<int64_t>(response->ByteSizeLong());  // the bound should make this impossible
+    return size > cfg_.max_message_bytes ? too_big("is", size, cfg_.max_message_bytes) : Status::OK;
   }
 
   void info(const Model& m, pb::ModelInfo* out) const {
@@ -761,6 +811,9 @@ int serve(const Config& cfg) {
 
   int sig = 0;
   sigwait(&signals, &sig);
+  grace_ends = (Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.grace_s)))
+                   .time_since_epoch()
+                   .count();
   // Shutdown returns once every handler has; one that never does would keep the process
   // alive, so the stop has a deadline of its own.
   std::thread([grace = cfg.grace_s, sig] {
