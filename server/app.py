@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -279,13 +280,19 @@ class Server:
 
 def serve(cfg: ServerConfig, ready=print) -> int:
     """Run until SIGTERM or SIGINT, then stop gracefully; returns the exit status."""
-    stop = threading.Event()
+    # The handlers do nothing; the interpreter writes each signal's number to the wakeup
+    # socket, which the main thread waits on. A handler that set an Event could run again,
+    # on a second signal, inside the Event's own lock and hang the stop; further signals
+    # during the stop only write another byte.
+    wake, woken = socket.socketpair()
+    woken.setblocking(False)
+    signal.set_wakeup_fd(woken.fileno(), warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: None)
     server = Server(cfg)
     ready(f"serving {', '.join(server.models)} on {cfg.host}:{server.port}"
           + (f", metrics on 127.0.0.1:{server.metrics.port}" if cfg.metrics_port is not None else ""))
-    stop.wait()
+    wake.recv(1)
     if not server.stop():
         # Threads grpcio never let go of may hold handlers, and the interpreter's exit would
         # wait for its thread pool's threads: exit now, the log line written.

@@ -487,6 +487,28 @@ def test_a_stop_ends_within_the_grace_period_whatever_streams_stay_open(tmp_path
         assert stopped[0]["calls_cancelled"] >= 10
 
 
+@pytest.mark.parametrize("binary", [
+    pytest.param("", id="python"),
+    pytest.param(str(CPP_SERVER), id="cpp",
+                 marks=pytest.mark.skipif(not CPP_SERVER.exists(), reason="seq2seq-serve is not built (make cpp)"))])
+def test_signals_in_a_burst_stop_the_server_once(tmp_path, binary):
+    # An operator's Ctrl-C then SIGTERM, or a supervisor repeating its signal, while the stop runs.
+    export = random_export(tmp_path / "sp", "luong-general", tokenizer=sentencepiece_tokenizer(SENTENCES, 300))
+    log = open(tmp_path / "server.log", "w")
+    proc, port, _ = start_server(str(export), "--grace", "1", stderr=log, binary=binary)
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+            proc.send_signal(sig)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    logged = [json.loads(line) for line in open(tmp_path / "server.log") if line.startswith("{")]
+    assert len([e for e in logged if e.get("event") == "stopped"]) == 1
+
+
 def test_round_robin_over_two_processes(exports):
     procs = [start_process(exports["luong"]) for _ in range(2)]
     try:
