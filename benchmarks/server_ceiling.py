@@ -46,7 +46,7 @@ def main() -> None:
     print("| max batch | clients | requests/s | server CPU ms per request |\n|---:|---:|---:|---:|")
     for batch in [int(b) for b in args.max_batch.split(",")]:
         server = Server(ServerConfig(models={"m": args.export}, port=0, max_batch=batch, max_queue=10**6))
-        server.models["m"].batcher.translate_ids = lambda ids, opts: [[Hypothesis(list(s), 0.0, 0.0, None)]
+        server.models["m"].batcher.translate_ids = lambda ids, opts, abandoned=None: [[Hypothesis(list(s), 0.0, 0.0, None)]
                                                                       for s in ids]
         cpu = sum(os.times()[:2])
         out = subprocess.run([sys.executable, "-c", LOAD, source, f"127.0.0.1:{server.port}", str(args.clients),

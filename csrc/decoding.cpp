@@ -33,23 +33,6 @@ double penalized(double log_prob, int64_t length, const DecodeOptions& opts) {
   return log_prob;
 }
 
-// Per-sentence (min, max) output lengths, as length_limits in decoding.py.
-std::pair<std::vector<int64_t>, std::vector<int64_t>> length_limits(
-    const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts) {
-  std::vector<int64_t> mins, maxs;
-  for (const auto& s : sources) {
-    const auto n = static_cast<double>(s.size());
-    int64_t hi = opts.max_length;
-    if (opts.max_length_ratio != 0.0)
-      hi = std::min(hi, static_cast<int64_t>(std::floor(opts.max_length_ratio * n)) + opts.max_length_extra);
-    hi = std::max<int64_t>(hi, 1);
-    const int64_t lo = std::max(opts.min_length, static_cast<int64_t>(std::floor(opts.min_length_ratio * n)));
-    mins.push_back(std::min(lo, hi));
-    maxs.push_back(hi);
-  }
-  return {mins, maxs};
-}
-
 at::Tensor ids_tensor(const std::vector<int64_t>& v, const Model& model) {
   return at::tensor(at::ArrayRef<int64_t>(v), at::kLong).to(model.options.device());
 }
@@ -81,6 +64,22 @@ const std::vector<int64_t> kBanned = {kPad, kBos};
 
 }  // namespace
 
+std::pair<std::vector<int64_t>, std::vector<int64_t>> length_limits(
+    const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts) {
+  std::vector<int64_t> mins, maxs;
+  for (const auto& s : sources) {
+    const auto n = static_cast<double>(s.size());
+    int64_t hi = opts.max_length;
+    if (opts.max_length_ratio != 0.0)
+      hi = std::min(hi, static_cast<int64_t>(std::floor(opts.max_length_ratio * n)) + opts.max_length_extra);
+    hi = std::max<int64_t>(hi, 1);
+    const int64_t lo = std::max(opts.min_length, static_cast<int64_t>(std::floor(opts.min_length_ratio * n)));
+    mins.push_back(std::min(lo, hi));
+    maxs.push_back(hi);
+  }
+  return {mins, maxs};
+}
+
 void validate_options(const DecodeOptions& o) {
   const std::string p = "DecodingOptions.";
   auto fail = [](const std::string& m) { throw std::invalid_argument(m); };
@@ -110,7 +109,7 @@ void validate_options(const DecodeOptions& o) {
 }
 
 Results greedy_search(const Model& model, const std::vector<std::vector<int64_t>>& sources,
-                      const DecodeOptions& opts) {
+                      const DecodeOptions& opts, const Abandoned& abandoned) {
   const int64_t N = static_cast<int64_t>(sources.size());
   const auto [mins, maxs] = length_limits(sources, opts);
   State state = model.encode(sources);
@@ -136,7 +135,7 @@ Results greedy_search(const Model& model, const std::vector<std::vector<int64_t>
         const int64_t s = live[r];
         results[s] = {Hypothesis{tokens[r], penalized(b[r], step + 1, opts), b[r],
                                  trimmed(history, r, sources[s].size() + 1)}};
-      } else {
+      } else if (!(abandoned && abandoned(live[r]))) {
         keep.push_back(static_cast<int64_t>(r));
         next_live.push_back(live[r]);
         next_prev.push_back(t[r]);
@@ -160,7 +159,8 @@ Results greedy_search(const Model& model, const std::vector<std::vector<int64_t>
   return results;
 }
 
-Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts) {
+Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
+                    const Abandoned& abandoned) {
   const int64_t N = static_cast<int64_t>(sources.size()), k = opts.beam_size;
   const int64_t width = std::min(2 * k, model.target_vocabulary * k);
   const auto [mins, maxs] = length_limits(sources, opts);
@@ -205,6 +205,10 @@ Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>&
         }
       }
       if (beams.empty() || (opts.early_stop && static_cast<int64_t>(finished[s].size()) >= k)) continue;
+      if (abandoned && abandoned(s)) {
+        finished[s].clear();  // nobody reads them; an empty result says the sentence was left
+        continue;
+      }
       while (static_cast<int64_t>(beams.size()) < k)  // dead fillers
         beams.emplace_back(std::get<0>(beams.back()), std::get<1>(beams.back()), kNegInf);
       next_live.push_back(s);
@@ -236,7 +240,8 @@ Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>&
   return finished;
 }
 
-Results decode(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts) {
+Results decode(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
+               const Abandoned& abandoned) {
   validate_options(opts);
   const int64_t longest = model.max_source_length();
   for (size_t i = 0; i < sources.size(); ++i) {
@@ -253,7 +258,8 @@ Results decode(const Model& model, const std::vector<std::vector<int64_t>>& sour
   }
   if (sources.empty()) return {};
   c10::InferenceMode guard;
-  return opts.beam_size == 1 ? greedy_search(model, sources, opts) : beam_search(model, sources, opts);
+  return opts.beam_size == 1 ? greedy_search(model, sources, opts, abandoned)
+                              : beam_search(model, sources, opts, abandoned);
 }
 
 void reorder(State& state, const at::Tensor& rows) {

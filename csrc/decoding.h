@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,11 +43,23 @@ struct Hypothesis {
 
 using Results = std::vector<std::vector<Hypothesis>>;
 
+// Asked between steps for each sentence still being decoded: true when nobody waits for it any
+// more (its caller cancelled, its deadline passed). Such a sentence leaves the batch at once
+// and its result is empty. Empty: every sentence is decoded to the end.
+using Abandoned = std::function<bool(int64_t sentence)>;
+
+// Per-sentence (min, max) output lengths in tokens, as length_limits in decoding.py.
+std::pair<std::vector<int64_t>, std::vector<int64_t>> length_limits(const std::vector<std::vector<int64_t>>& sources,
+                                                                    const DecodeOptions& opts);
+
 // Sources are token ids without the appended <eos>, already checked against the model.
-Results greedy_search(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts);
-Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts);
+Results greedy_search(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
+                      const Abandoned& abandoned = {});
+Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
+                    const Abandoned& abandoned = {});
 
 // Checks the options and the sources, then greedy search for beam_size 1, beam search otherwise.
-Results decode(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts);
+Results decode(const Model& model, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
+               const Abandoned& abandoned = {});
 
 }  // namespace seq2seq

@@ -25,8 +25,9 @@ void Engine::build(const std::string& model_config_json, const Weights& weights,
   model_ = create_model(model_config_json, weights, compute_type_);
 }
 
-Results Engine::translate(const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts) const {
-  return decode(*model_, sources, opts);
+Results Engine::translate(const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
+                          const Abandoned& abandoned) const {
+  return decode(*model_, sources, opts, abandoned);
 }
 
 }  // namespace seq2seq

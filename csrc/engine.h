@@ -24,7 +24,9 @@ class Engine {
          const std::string& compute_type = "float32");
 
   // Sources are token ids without the appended <eos>; every sentence must be non-empty.
-  Results translate(const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts) const;
+  // Sentences found abandoned between steps stop there with an empty result (decoding.h).
+  Results translate(const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
+                    const Abandoned& abandoned = {}) const;
 
   const Model& model() const { return *model_; }
   std::string compute_type() const { return compute_type_name(compute_type_); }

@@ -1,6 +1,7 @@
 // seq2seq._C: the engine for Python. translate releases the GIL for the whole call.
 #include <torch/extension.h>
 
+#include "common.h"
 #include "engine.h"
 #include "ops/ops.h"
 
@@ -39,6 +40,24 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("family", [](const Engine& e) { return e.model().family; })
       .def_property_readonly("source_vocabulary", [](const Engine& e) { return e.model().source_vocabulary; })
       .def_property_readonly("target_vocabulary", [](const Engine& e) { return e.model().target_vocabulary; })
-      .def("translate", &Engine::translate, py::arg("sources"), py::arg("options"),
-           py::call_guard<py::gil_scoped_release>());
+      // abandoned: a CPU bool tensor, one flag per sentence, that other threads may set while the
+      // search runs; a sentence whose flag is set stops at the next step (decoding.h, Abandoned).
+      .def(
+          "translate",
+          [](const Engine& e, const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
+             std::optional<at::Tensor> abandoned) {
+            Abandoned asked;
+            if (abandoned) {
+              const auto& flags = *abandoned;
+              check(flags.device().is_cpu() && flags.scalar_type() == at::kBool && flags.dim() == 1 &&
+                        flags.is_contiguous() && flags.size(0) == static_cast<int64_t>(sources.size()),
+                    "abandoned must be a contiguous CPU bool tensor with one flag per sentence");
+              // Written by Python threads while the search runs: read through a volatile pointer.
+              const volatile bool* set = flags.data_ptr<bool>();
+              asked = [set](int64_t sentence) { return set[sentence]; };
+            }
+            return e.translate(sources, opts, asked);
+          },
+          py::arg("sources"), py::arg("options"), py::arg("abandoned") = std::nullopt,
+          py::call_guard<py::gil_scoped_release>());
 }

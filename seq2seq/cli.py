@@ -380,14 +380,15 @@ def cmd_serve(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens, max_sentences=args.max_sentences,
-                    max_beam=args.max_beam)
+                    max_beam=args.max_beam, max_cost=args.max_request_cost)
     cfg = ServerConfig(models=model_paths(args.model), host=args.host, port=args.port, threads=args.threads,
                        compute_type=args.compute_type, workers=args.workers, max_batch=args.max_batch,
                        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
                        max_message_bytes=args.max_message_bytes, limits=limits,
                        token=bearer_token(args.token, args.token_file), tls_cert=args.tls_cert,
                        tls_key=args.tls_key, metrics_port=args.metrics_port, data_dir=args.data_dir,
-                       grace_s=args.grace)
+                       grace_s=args.grace, rpc_threads=args.rpc_threads, stream_idle_s=args.stream_idle_s,
+                       max_stream_pending=args.max_stream_pending)
     return serve(cfg, ready=lambda line: print(line, flush=True))
 
 
@@ -702,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256, help="source tokens per sentence")
     p.add_argument("--max-sentences", type=int, default=256, help="sentences per request")
     p.add_argument("--max-beam", type=int, default=32, help="largest beam a request may ask for")
+    p.add_argument("--max-request-cost", type=int, default=65536, help="decoding steps a request may cost: "
+                   "sentences x beam x the longest output each may reach; beyond, RESOURCE_EXHAUSTED up front")
     p.add_argument("--max-message-bytes", type=int, default=4 * 2**20)
     p.add_argument("--token", default="", help="require 'authorization: Bearer TOKEN' (shows in ps: prefer "
                    "--token-file or $SEQ2SEQ_TOKEN, read when neither flag is given)")
@@ -714,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "counts and latencies by method, status and model, never request text")
     p.add_argument("--data-dir", default="", help="where Evaluate reads corpora")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
+    p.add_argument("--rpc-threads", type=int, default=128, help="translation calls handled at once; beyond, "
+                   "RESOURCE_EXHAUSTED (health and reflection have threads of their own)")
+    p.add_argument("--stream-idle-s", type=float, default=60.0, help="a TranslateStream with nothing in flight "
+                   "that sends no request for this long is ended (CANCELLED); 0: never")
+    p.add_argument("--max-stream-pending", type=int, default=32, help="requests of one TranslateStream in flight "
+                   "at once; the stream's further requests wait to be read")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("bench-server", help="concurrent clients against a local server: throughput, latency")

@@ -100,12 +100,15 @@ class Engine(TextTranslator):
             ids.append(list(seq))
         return self.decode_ids(ids, opts)
 
-    def decode_ids(self, sources: list[list[int]], opts: DecodingOptions) -> list[list[Hypothesis]]:
+    def decode_ids(self, sources: list[list[int]], opts: DecodingOptions,
+                   abandoned: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+        """``abandoned``: a bool flag per sentence that other threads may set while the search
+        runs; a sentence whose flag is set stops at the next step, and its result is empty."""
         options = extension().DecodeOptions()
         for f in fields(DecodingOptions):
             setattr(options, f.name, getattr(opts, f.name))
         try:
-            results = self._engine.translate(sources, options)
+            results = self._engine.translate(sources, options, abandoned)
         except (ValueError, TypeError) as e:
             raise ValueError(str(e)) from None
         return [[Hypothesis(list(h.tokens), h.score, h.log_prob, h.attention) for h in hyps] for hyps in results]

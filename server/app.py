@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .batcher import Batcher
 from .metrics import Metrics
-from .service import SERVICE_NAME, Limits, TranslationService, decode_stream_request, load_model, pb_grpc
+from .service import SERVICE_NAME, Limits, TranslationService, UNDECODABLE, load_model, never_raising, pb_grpc
 
 log = logging.getLogger("seq2seq.server")
 
@@ -53,7 +53,9 @@ class ServerConfig:
     max_delay_ms: float = 3.0  # how long the first request of a batch waits for company
     max_queue: int = 4096  # sentences waiting; beyond: RESOURCE_EXHAUSTED
     max_message_bytes: int = 4 * 2**20
-    rpc_threads: int = 128  # concurrent calls the server handles
+    rpc_threads: int = 128  # translation calls handled at once (health and reflection are not counted)
+    stream_idle_s: float = 60.0  # a TranslateStream idle this long, nothing in flight, is ended; 0: never
+    max_stream_pending: int = 32  # requests of one TranslateStream in flight at once
     limits: Limits = field(default_factory=Limits)
     token: str = ""  # a bearer token every call must carry; empty: none
     tls_cert: str = ""
@@ -181,17 +183,71 @@ class CallsInFlight(grpc.ServerInterceptor):
             self.count -= 1
 
 
-class StreamRequestsDecodedByTheHandler(grpc.ServerInterceptor):
-    """TranslateStream's messages through service.decode_stream_request, which never raises:
-    with the generated deserializer, grpcio answers a message it cannot decode with INTERNAL."""
+# Threads beyond --rpc-threads for the calls that are never refused for capacity: health,
+# reflection, and the refusals themselves.
+RESERVED_THREADS = 8
 
-    method = f"/{SERVICE_NAME}/TranslateStream"
+
+class TranslationCallsAdmitted(grpc.ServerInterceptor):
+    """At most ``limit`` TranslationService calls at once; beyond, RESOURCE_EXHAUSTED. grpcio's
+    own bound (maximum_concurrent_rpcs) counts every call, so 130 idle streams made it refuse
+    health checks too; this one counts the service's calls only."""
+
+    prefix = f"/{SERVICE_NAME}/"
+
+    def __init__(self, limit: int):
+        self.limit, self.count, self._lock = limit, 0, threading.Lock()
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
-        if handler is None or details.method != self.method:
+        if handler is None or not details.method.startswith(self.prefix):
             return handler
-        return handler._replace(request_deserializer=decode_stream_request)
+        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
+        behavior = getattr(handler, kind)
+
+        def admitted(request, context):
+            with self._lock:
+                full = self.count >= self.limit
+                if not full:
+                    self.count += 1
+            if full:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"the server is handling {self.limit} calls, its limit (--rpc-threads); retry shortly")
+            if not context.add_callback(self._ended):  # False: the call has ended already
+                self._ended()
+            return behavior(request, context)
+        return handler._replace(**{kind: admitted})
+
+    def _ended(self):
+        with self._lock:
+            self.count -= 1
+
+
+class RequestsDecodedByTheHandler(grpc.ServerInterceptor):
+    """Every TranslationService message through a deserializer that never raises
+    (service.never_raising). When grpcio's own deserializer raises, it answers INTERNAL, and
+    its error path keeps memory: 10,000 undecodable requests grew a server by 165 MB, a bare
+    grpcio server too. A unary request that cannot be decoded is answered INVALID_ARGUMENT
+    here; TranslateStream answers its messages one by one (TranslationService.TranslateStream)."""
+
+    prefix = f"/{SERVICE_NAME}/"
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(self.prefix):
+            return handler
+        decode = never_raising(handler.request_deserializer)
+        if handler.request_streaming:
+            return handler._replace(request_deserializer=decode)
+        kind = "unary_stream" if handler.response_streaming else "unary_unary"
+        behavior, name = getattr(handler, kind), decode.message_name
+
+        def checked(request, context):
+            if request is UNDECODABLE:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request could not be decoded as a {name}; "
+                              "send the message proto/seq2seq/v1/translation.proto defines for this method")
+            return behavior(request, context)
+        return handler._replace(request_deserializer=decode, **{kind: checked})
 
 
 class Server:
@@ -208,9 +264,9 @@ class Server:
                    ("grpc.max_send_message_length", cfg.max_message_bytes), ("grpc.so_reuseport", 0)]
         self.calls = CallsInFlight()  # first: it counts the calls the token refuses too
         interceptors = [self.calls] + ([BearerToken(cfg.token)] if cfg.token else []) + \
-            [StreamRequestsDecodedByTheHandler()]
-        self.grpc = grpc.server(ThreadPoolExecutor(cfg.rpc_threads, thread_name_prefix="rpc"), options=options,
-                                interceptors=interceptors, maximum_concurrent_rpcs=cfg.rpc_threads)
+            [TranslationCallsAdmitted(cfg.rpc_threads), RequestsDecodedByTheHandler()]
+        self.grpc = grpc.server(ThreadPoolExecutor(cfg.rpc_threads + RESERVED_THREADS, thread_name_prefix="rpc"),
+                                options=options, interceptors=interceptors)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         address = f"{cfg.host}:{cfg.port}"
         if tls:
@@ -222,7 +278,7 @@ class Server:
             raise OSError(f"cannot listen on {address} (in use?)")
         self.models = {}
         self.service = TranslationService(self.models, cfg.limits, self.metrics, cfg.data_dir,
-                                          cfg.max_message_bytes)
+                                          cfg.max_message_bytes, cfg.stream_idle_s, cfg.max_stream_pending)
         pb_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
         # Health answers NOT_SERVING while the models load.
@@ -231,7 +287,10 @@ class Server:
                              "tls": bool(cfg.tls_cert), "token": bool(cfg.token)}))
         for name, path in cfg.models.items():
             model = load_model(name, path, cfg.threads, cfg.compute_type)
-            model.batcher = Batcher(model.translator.decode_ids, cfg.max_batch, cfg.max_batch_tokens,
+            # The engine lets go of abandoned sentences mid-search; the Python reference cannot.
+            run = model.translator.decode_ids if model.backend == "cpp" else \
+                (lambda ids, opts, abandoned, t=model.translator: t.decode_ids(ids, opts))
+            model.batcher = Batcher(run, cfg.max_batch, cfg.max_batch_tokens,
                                     cfg.max_delay_ms / 1000, cfg.max_queue, engine_workers(cfg),
                                     self.metrics.on_batch(name))
             self.models[name] = model
@@ -271,7 +330,8 @@ class Server:
         self.metrics.close()
         log.log(logging.INFO if ended.is_set() else logging.WARNING,
                 json.dumps({"event": "stopped", "grace_s": grace, "calls_cancelled": cancelled,
-                            "calls_abandoned": abandoned, "every_call_ended": ended.is_set()}))
+                            "calls_abandoned": abandoned, "every_call_ended": ended.is_set(),
+                            "engine_batches": {name: m.batcher.stats for name, m in self.models.items()}}))
         return ended.is_set()
 
     def wait(self) -> None:

@@ -8,7 +8,8 @@ jobs with the same decoding options, and for the callers it has just answered to
 and ``max_tokens`` source tokens x beam) on the engine, which releases the GIL. Batches are
 formed only when a worker is free, so under load the queue grows and batches fill up. Jobs
 whose deadline has passed, or whose caller has cancelled, are dropped before they cost
-compute.
+compute; a job its caller abandons while it runs (Job.abandon) leaves the engine's search at
+the next step.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+
+import torch
 
 from seq2seq.config import DecodingOptions
 
@@ -30,6 +33,10 @@ class DeadlineExpired(Exception):
     pass
 
 
+class Abandoned(Exception):
+    """The job's caller went away while its sentences were decoded; the search let go of them."""
+
+
 @dataclass
 class Job:
     ids: list[list[int]]
@@ -37,9 +44,27 @@ class Job:
     deadline: float | None  # time.monotonic() seconds; None: no deadline
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    gone: bool = False  # abandoned by its caller
+    rows: torch.Tensor | None = None  # its sentences' flags in the running batch's ``abandoned``
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cost(self) -> int:
         return sum(len(s) + 1 for s in self.ids) * self.opts.beam_size
+
+    def abandon(self) -> None:
+        """Nobody waits for the answer any more (the caller cancelled, its deadline passed):
+        dropped if still queued, else its sentences stop at the search's next step."""
+        self.future.cancel()
+        with self._lock:
+            self.gone = True
+            if self.rows is not None:
+                self.rows.fill_(True)
+
+    def running_in(self, abandoned: torch.Tensor) -> None:
+        with self._lock:
+            self.rows = abandoned
+            if self.gone:
+                abandoned.fill_(True)
 
 
 class Batcher:
@@ -58,6 +83,7 @@ class Batcher:
         self._forming = False  # a worker is gathering a batch; the others wait their turn
         self._running = 0  # batches taken by workers and not yet answered
         self._running_sentences = 0
+        self.stats = {"batches": 0, "sentences": 0, "abandoned": 0}  # sentences abandoned mid-search
         self.workers = workers
         self._workers = [threading.Thread(target=self._work, name=f"engine-{i}", daemon=True) for i in range(workers)]
         for t in self._workers:
@@ -158,10 +184,14 @@ class Batcher:
             live, outcome = self._live(batch), None
             live_sentences = sum(len(j.ids) for j in live)
             if live:
+                abandoned, start = torch.zeros(live_sentences, dtype=torch.bool), 0
+                for job in live:
+                    job.running_in(abandoned[start:start + len(job.ids)])
+                    start += len(job.ids)
                 try:
                     self.on_batch(live_sentences, self._queued)
                     began = time.monotonic()
-                    outcome = self.translate_ids([s for job in live for s in job.ids], live[0].opts)
+                    outcome = self.translate_ids([s for job in live for s in job.ids], live[0].opts, abandoned)
                     last_run = time.monotonic() - began
                 except Exception as e:  # every caller of the batch learns what went wrong
                     outcome = e
@@ -171,14 +201,24 @@ class Batcher:
                 self._running -= 1
                 self._running_sentences -= sum(len(j.ids) for j in batch)
                 answered, mark = live_sentences, self._submitted
+                if live:
+                    self.stats["batches"] += 1
+                    self.stats["sentences"] += live_sentences
                 self._cond.notify_all()
             start = 0
             for job in live:
                 if isinstance(outcome, Exception):
                     job.future.set_exception(outcome)
+                    continue
+                mine = outcome[start:start + len(job.ids)]
+                start += len(job.ids)
+                left = sum(not hyps for hyps in mine)  # an abandoned sentence's result is empty
+                if left:
+                    with self._cond:
+                        self.stats["abandoned"] += left
+                    job.future.set_exception(Abandoned("the caller went away while the sentences were decoded"))
                 else:
-                    job.future.set_result(outcome[start:start + len(job.ids)])
-                    start += len(job.ids)
+                    job.future.set_result(mine)
 
     @staticmethod
     def _live(batch: list[Job]) -> list[Job]:

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from seq2seq.config import DecodingOptions, validate_decoding_options
-from .batcher import Batcher, DeadlineExpired, QueueFull
+from .batcher import Abandoned, Batcher, DeadlineExpired, QueueFull
 from .metrics import Metrics
 from .protos import load
 
@@ -33,6 +33,9 @@ class Limits:
     max_beam: int = 32
     max_length: int = 512
     max_evaluate: int = 20000  # sentences of one Evaluate job
+    # The engine steps a request may cost: sentences x beam x the longest output each may reach.
+    # 8 sentences of 250 tokens at beam 32 (130,560) held a worker for 25 s on two cores.
+    max_cost: int = 65536
 
 
 @dataclass
@@ -111,17 +114,21 @@ class Invalid(Exception):
     """A request field is wrong: INVALID_ARGUMENT with this message."""
 
 
-UNDECODABLE = object()  # a TranslateStream message that is not a TranslateRequest
+UNDECODABLE = object()  # a message that is not the method's request message
 
 
-def decode_stream_request(data: bytes):
-    """TranslateStream's request deserializer: grpcio answers INTERNAL when a deserializer
-    raises, before the handler could say which message was bad, so this one returns
-    UNDECODABLE instead and the handler answers INVALID_ARGUMENT naming the message."""
-    try:
-        return pb.TranslateRequest.FromString(data)
-    except DecodeError:
-        return UNDECODABLE
+def never_raising(deserializer):
+    """The request deserializer grpcio is given: the message, or UNDECODABLE when the bytes are
+    not one (grpcio answers INTERNAL when a deserializer raises, before the handler could say
+    which message was bad, and keeps memory on that path). ``message_name`` names the message."""
+    def decode(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return UNDECODABLE
+    message = getattr(deserializer, "__self__", None)
+    decode.message_name = message.DESCRIPTOR.name if hasattr(message, "DESCRIPTOR") else "request"
+    return decode
 
 
 def decoding_options(msg, limits: Limits, field_name: str = "options") -> DecodingOptions:
@@ -166,6 +173,28 @@ def response_bound(model: Model, request_id: str, ids: list[list[int]], opts: De
     return total
 
 
+def request_cost(ids: list[list[int]], opts: DecodingOptions) -> int:
+    """What a request may cost the engine, checked before it is queued: each sentence's beam
+    times the longest output its options allow (seq2seq.decoding.length_limits), summed.
+    seq2seq-serve counts alike."""
+    import torch
+
+    from seq2seq.decoding import length_limits
+
+    return sum(opts.beam_size * n for n in length_limits(torch.tensor([len(s) + 1 for s in ids]), opts)[1])
+
+
+def too_costly(cost: int, sentences: int, opts: DecodingOptions, limit: int) -> str:
+    return (f"the request could cost {cost} decoding steps ({sentences} sentences x beam {opts.beam_size} x up to "
+            f"{opts.max_length} output tokens each, fewer for short sources), over the server's limit of {limit} "
+            "(--max-request-cost); send fewer or shorter sentences, or a smaller beam_size or max_length")
+
+
+def idle_stream(seconds: float) -> str:
+    return (f"the stream sent no request for {seconds:g} s with nothing in flight (--stream-idle-s); open a stream "
+            "when there is something to translate")
+
+
 def too_big(what: str, size: int, limit: int) -> str:
     return (f"the response {what} {size} bytes, over the server's limit of {limit} (--max-message-bytes); ask for "
             "fewer sentences, a smaller n_best or max_length, or no attention")
@@ -185,8 +214,10 @@ def hypothesis(h, scores: bool):
 
 class TranslationService(pb_grpc.TranslationServiceServicer):
     def __init__(self, models: dict[str, Model], limits: Limits = Limits(), metrics: Metrics | None = None,
-                 data_dir: str = "", max_message_bytes: int = 4 * 2**20):
+                 data_dir: str = "", max_message_bytes: int = 4 * 2**20, stream_idle_s: float = 60.0,
+                 max_stream_pending: int = 32):
         self.models, self.limits, self.data_dir = models, limits, data_dir
+        self.stream_idle_s, self.max_stream_pending = stream_idle_s, max_stream_pending
         self.max_message_bytes = max_message_bytes  # gRPC refuses to send a larger message
         self.metrics = metrics or Metrics(None)
 
@@ -237,6 +268,9 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             ids = self._encode(model, request.sentences)
         except Invalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        cost = request_cost(ids, opts)
+        if cost > self.limits.max_cost:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_costly(cost, len(ids), opts, self.limits.max_cost))
         # Refused before decoding: else gRPC would refuse to send the answer after it.
         bound = response_bound(model, request.request_id, ids, opts)
         if bound > self.max_message_bytes:
@@ -248,16 +282,19 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         except QueueFull as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         self.metrics.set_queue_depth(model.name, model.batcher.queued)
-        # A cancelled call frees its place in the queue.
-        context.add_callback(lambda: [job.future.cancel() for job in jobs])
+        # A cancelled call frees its place in the queue, or its rows in a running batch; so does
+        # one whose deadline passes.
+        context.add_callback(lambda: [job.abandon() for job in jobs])
         hyps = []
         try:
             for job in jobs:
                 left = None if deadline is None else max(deadline - time.monotonic(), 0)
                 hyps += job.future.result(timeout=left)
         except (DeadlineExpired, TimeoutError):
+            for job in jobs:
+                job.abandon()
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the translation was done")
-        except CancelledError:
+        except (CancelledError, Abandoned):
             context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -280,22 +317,36 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         with self.metrics.observe("TranslateStream", context, "", 0):
             done: queue.Queue = queue.Queue()
             pending = []
+            # At most max_stream_pending requests in flight: the stream's next ones wait unread
+            # (one stream of 5,000 requests had grown the server to 2,049 threads).
+            slots = threading.Semaphore(self.max_stream_pending)
+            state, counting = {"read": time.monotonic(), "in_flight": 0}, threading.Lock()
 
             def run(request):
                 try:
                     done.put(self._translate(request, context))
                 except BaseException as e:  # context.abort raises; the stream ends with that status
                     done.put(e)
+                finally:
+                    with counting:
+                        state["in_flight"] -= 1
+                    slots.release()
 
             def read():
                 undecodable = None  # answered after the requests before it
                 try:
                     for n, request in enumerate(request_iterator, 1):
+                        state["read"] = time.monotonic()
                         if request is UNDECODABLE:
                             undecodable = Invalid(f"message {n} of the stream could not be decoded as a "
                                                   "TranslateRequest; send TranslateRequest messages of "
                                                   "proto/seq2seq/v1/translation.proto")
                             break
+                        while not slots.acquire(timeout=1.0):
+                            if not context.is_active():
+                                raise grpc.RpcError()
+                        with counting:
+                            state["in_flight"] += 1
                         t = threading.Thread(target=run, args=(request,), daemon=True)
                         pending.append(t)
                         t.start()
@@ -309,7 +360,13 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
 
             threading.Thread(target=read, daemon=True).start()
             while True:
-                item = done.get()
+                try:
+                    item = done.get(timeout=1.0)
+                except queue.Empty:
+                    idle = time.monotonic() - state["read"]
+                    if self.stream_idle_s and state["in_flight"] == 0 and idle > self.stream_idle_s:
+                        context.abort(grpc.StatusCode.CANCELLED, idle_stream(self.stream_idle_s))
+                    continue
                 if item is None:
                     return
                 if isinstance(item, Invalid):

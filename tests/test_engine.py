@@ -472,3 +472,26 @@ def test_int8_engine_is_batch_invariant_and_reports_its_type(exports):
     # slightly with the company a sentence keeps; the tokens of a confident model do not.
     agree = sum(a[0].tokens == b[0].tokens for a, b in zip(together, alone))
     assert agree >= 14
+
+
+@pytest.mark.parametrize("family", ["bahdanau", "transformer-pre"])
+def test_abandoned_sentences_leave_the_search_and_the_rest_are_unchanged(exports, family):
+    # The flags the servers' batchers set when a caller cancels or its deadline passes.
+    engine = Engine(exports[family])
+    sources = random_sources(6, seed=11)
+    opts = DecodingOptions(beam_size=3)
+    abandoned = torch.zeros(len(sources), dtype=torch.bool)
+    abandoned[[1, 4]] = True
+    got = engine.decode_ids(sources, opts, abandoned)
+    assert got[1] == [] and got[4] == []
+    kept = [0, 2, 3, 5]
+    assert_same([got[i] for i in kept], engine.decode_ids([sources[i] for i in kept], opts))
+    # Set by another thread while the search runs: the sentence stops there.
+    flags = torch.zeros(64, dtype=torch.bool)
+    long = DecodingOptions(beam_size=4, min_length=400, max_length=400, max_length_ratio=0.0)  # seconds
+    timer = threading.Timer(0.05, lambda: flags.fill_(True))
+    timer.start()
+    assert engine.decode_ids([[5, 6, 7] * 4] * 64, long, flags) == [[]] * 64
+    timer.join()
+    with pytest.raises(ValueError, match="one flag per sentence"):
+        engine.decode_ids(sources, opts, torch.zeros(2, dtype=torch.bool))

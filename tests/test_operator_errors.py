@@ -18,10 +18,7 @@ import pytest
 from seq2seq.export import ExportError, load_export
 from tests.exports import random_export, sentencepiece_tokenizer
 from tests.grpc_checks import self_signed_certificate
-
-BINARY = Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-serve"
-SERVERS = ["python", pytest.param("cpp", marks=pytest.mark.skipif(not BINARY.exists(),
-                                                                   reason="seq2seq-serve is not built (make cpp)"))]
+from tests.servers import BINARY, SERVERS
 SENTENCES = ["ein Mann fährt mit dem Fahrrad", "eine Frau liest ein Buch", "zwei Hunde spielen im Schnee"] * 8
 TOKEN = "s3cret"
 UNAUTHENTICATED = "a valid 'authorization: Bearer TOKEN' is required"

@@ -248,7 +248,7 @@ def taken(batcher, batches: int = 1):
 def test_batcher_bounds_its_queue_and_skips_cancelled_jobs():
     release, seen = threading.Event(), []
 
-    def slow(ids, opts):
+    def slow(ids, opts, abandoned=None):
         release.wait(10)
         seen.extend(ids)
         return [[None] for _ in ids]
@@ -269,7 +269,7 @@ def test_batcher_bounds_its_queue_and_skips_cancelled_jobs():
 def test_batches_hold_only_requests_with_the_same_options():
     release, calls = threading.Event(), []
 
-    def record(ids, opts):
+    def record(ids, opts, abandoned=None):
         release.wait(10)
         calls.append((opts.beam_size, sorted(s[0] for s in ids)))
         return [[None] for _ in ids]
@@ -289,7 +289,7 @@ def test_a_batch_stops_counting_as_running_before_its_callers_hear_back():
     # Else a lone caller's next request could find it still running and wait for company.
     go, running_when_answered = threading.Event(), []
 
-    def translate(ids, opts):
+    def translate(ids, opts, abandoned=None):
         go.wait(5)
         return [[None] for _ in ids]
 
@@ -309,7 +309,7 @@ def test_a_worker_takes_no_more_than_its_fair_share_while_another_runs():
     # Else it takes every queued request and leaves the other worker one at a time.
     release, sizes = threading.Event(), []
 
-    def translate(ids, opts):
+    def translate(ids, opts, abandoned=None):
         sizes.append(len(ids))
         if ids == [[0]]:
             release.wait(10)
@@ -334,7 +334,7 @@ def test_a_worker_waits_for_the_callers_it_has_just_answered():
     release = {0: threading.Event(), 10: threading.Event()}
     sizes = []
 
-    def translate(ids, opts):
+    def translate(ids, opts, abandoned=None):
         sizes.append(len(ids))
         if ids[0][0] in release:
             release[ids[0][0]].wait(10)

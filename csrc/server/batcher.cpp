@@ -137,6 +137,11 @@ Batcher::Taken Batcher::take(int64_t answered, uint64_t mark, double last_run) {
   return taken;
 }
 
+// Nobody waits for the job's answer any more.
+static bool gone(const Job& job) {
+  return (job.cancelled && job.cancelled->load()) || (job.deadline && Clock::now() > *job.deadline);
+}
+
 void Batcher::work() {
   at::init_num_threads();  // this thread's OpenMP team follows the engine's thread setting
   int64_t answered = 0;
@@ -160,12 +165,17 @@ void Batcher::work() {
       }
     }
     Outcome outcome;
+    std::vector<const Job*> owner;  // each sentence's job
     if (!live.empty()) {
       std::vector<std::vector<int64_t>> sources;
-      for (Job* job : live) sources.insert(sources.end(), job->ids.begin(), job->ids.end());
+      for (Job* job : live) {
+        sources.insert(sources.end(), job->ids.begin(), job->ids.end());
+        owner.insert(owner.end(), job->ids.size(), job);
+      }
+      const Abandoned abandoned = [&owner](int64_t sentence) { return gone(*owner[sentence]); };
       const auto began = Clock::now();
       try {
-        outcome.hypotheses = run_(sources, live.front()->opts);
+        outcome.hypotheses = run_(sources, live.front()->opts, abandoned);
       } catch (const std::exception& e) {  // every caller of the batch learns what went wrong
         outcome = {Outcome::kError, {}, e.what()};
       }
@@ -191,8 +201,19 @@ void Batcher::work() {
         job->done({Outcome::kError, {}, outcome.error});
         continue;
       }
-      Outcome mine;
       auto first = outcome.hypotheses.begin() + start;
+      const auto left = std::count_if(first, first + job->ids.size(), [](const auto& h) { return h.empty(); });
+      if (left) {  // the search let go of the job's sentences: its caller has gone
+        start += job->ids.size();
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          stats_.abandoned += left;
+        }
+        const bool cancelled = job->cancelled && job->cancelled->load();
+        job->done({cancelled ? Outcome::kCancelled : Outcome::kDeadline, {}, ""});
+        continue;
+      }
+      Outcome mine;
       mine.hypotheses.assign(std::make_move_iterator(first), std::make_move_iterator(first + job->ids.size()));
       start += job->ids.size();
       job->done(std::move(mine));

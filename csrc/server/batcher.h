@@ -4,7 +4,8 @@
 // options go together; while another batch runs, a worker waits up to max_delay from the
 // oldest job's arrival, and for the callers it has just answered (up to a tenth of its last
 // batch's time), for a fair share of queued + running + returning sentences; a lone caller
-// never waits. Jobs past their deadline or cancelled are dropped before they cost compute.
+// never waits. Jobs past their deadline or cancelled are dropped before they cost compute, and
+// their sentences leave a running batch at its next step.
 #pragma once
 
 #include <atomic>
@@ -43,12 +44,15 @@ struct Job {
 
 struct BatcherStats {
   uint64_t batches = 0, sentences = 0;
+  uint64_t abandoned = 0;  // sentences the search left mid-way: their callers had gone
 };
 
 class Batcher {
  public:
+  // Engine::translate: a sentence whose caller has cancelled or whose deadline has passed is
+  // reported abandoned to the search, which stops decoding it at its next step.
   using Run = std::function<std::vector<std::vector<Hypothesis>>(const std::vector<std::vector<int64_t>>&,
-                                                                 const DecodeOptions&)>;
+                                                                 const DecodeOptions&, const Abandoned&)>;
   Batcher(Run run, int64_t max_batch, int64_t max_tokens, double max_delay_s, int64_t max_queue, int workers);
   ~Batcher();
 

@@ -61,8 +61,11 @@ struct Config {
   int port = 50051;
   int64_t threads = 1, workers = 0, max_batch = 64, max_batch_tokens = 16384, max_queue = 4096;
   double max_delay_ms = 3.0, grace_s = 10.0;
+  double stream_idle_s = 60.0;       // a TranslateStream idle this long, nothing in flight, is ended; 0: never
+  int64_t max_stream_pending = 32;   // requests of one TranslateStream in flight at once
   std::string compute_type = "float32";
   int64_t max_chars = 2000, max_tokens = 256, max_sentences = 256, max_beam = 32, max_length = 512;
+  int64_t max_request_cost = 65536;  // server/service.py's Limits.max_cost
   int64_t max_message_bytes = 4 << 20, rpc_threads = 128;
   int64_t max_source_tokens = 1024;  // as the Python Engine's
   std::string token, tls_cert, tls_key;
@@ -81,6 +84,8 @@ const char* kUsage =
     "  --max-delay-ms 3       how long a batch waits for more requests\n"
     "  --max-queue 4096       queued sentences before RESOURCE_EXHAUSTED\n"
     "  --max-chars 2000 --max-tokens 256 --max-sentences 256 --max-beam 32   per-request limits\n"
+    "  --max-request-cost 65536  decoding steps a request may cost: sentences x beam x the longest output\n"
+    "                         each may reach; beyond, RESOURCE_EXHAUSTED before it is queued\n"
     "  --max-message-bytes 4194304\n"
     "  --rpc-threads 128      calls handled at once\n"
     "  --token TOKEN          require 'authorization: Bearer TOKEN' (shows in ps: prefer --token-file or\n"
@@ -88,7 +93,11 @@ const char* kUsage =
     "  --token-file FILE      the token from this file's one line (a trailing newline is dropped; an empty\n"
     "                         or unreadable file is an error)\n"
     "  --tls-cert FILE --tls-key FILE   serve TLS: a PEM certificate chain and its unencrypted PEM key\n"
-    "  --grace 10             seconds in-flight calls get on SIGTERM\n";
+    "  --grace 10             seconds in-flight calls get on SIGTERM\n"
+    "  --stream-idle-s 60     a TranslateStream with nothing in flight that sends no request for this long\n"
+    "                         is ended (CANCELLED); 0: never\n"
+    "  --max-stream-pending 32   requests of one TranslateStream in flight at once; the stream's further\n"
+    "                         requests wait to be read\n";
 
 // One JSON object per line on stderr, whole lines even when calls end at once.
 void log_event(const nlohmann::json& event) {
@@ -196,7 +205,9 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& di
     m->token_bytes = std::max(m->token_bytes, static_cast<int64_t>(m->tgt->decode({id}).size()) + 1);
   const Engine* engine = m->engine.get();
   m->batcher = std::make_unique<Batcher>(
-      [engine](const std::vector<std::vector<int64_t>>& s, const DecodeOptions& o) { return engine->translate(s, o); },
+      [engine](const std::vector<std::vector<int64_t>>& s, const DecodeOptions& o, const Abandoned& a) {
+        return engine->translate(s, o, a);
+      },
       cfg.max_batch, cfg.max_batch_tokens, cfg.max_delay_ms / 1000, cfg.max_queue, workers);
   return m;
 }
@@ -225,16 +236,39 @@ Status invalid(const std::string& message) { return Status(StatusCode::INVALID_A
 int64_t response_bound(const Model& m, const std::string& request_id, const std::vector<std::vector<int64_t>>& ids,
                        const DecodeOptions& opts) {
   int64_t total = 16 + request_id.size() + m.name.size();
-  for (const auto& s : ids) {
-    const auto n = static_cast<int64_t>(s.size());
-    int64_t tokens = opts.max_length;
-    if (opts.max_length_ratio != 0.0)
-      tokens = std::min(tokens, static_cast<int64_t>(std::floor(opts.max_length_ratio * n)) + opts.max_length_extra);
-    tokens = std::max<int64_t>(tokens, 1);
+  const auto longest = length_limits(ids, opts).second;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const auto n = static_cast<int64_t>(ids[i].size());
+    const int64_t tokens = longest[i];
     const int64_t attention = opts.return_attention ? 24 + 4 * (tokens + 1) * (n + 1) : 0;
     total += 8 + opts.n_best * (40 + tokens * m.token_bytes + attention);
   }
   return total;
+}
+
+// What a request may cost the engine, as server/service.py's request_cost: each sentence's beam
+// times the longest output its options allow, summed.
+int64_t request_cost(const std::vector<std::vector<int64_t>>& ids, const DecodeOptions& opts) {
+  int64_t total = 0;
+  for (const int64_t longest : length_limits(ids, opts).second) total += opts.beam_size * longest;
+  return total;
+}
+
+Status too_costly(int64_t cost, size_t sentences, const DecodeOptions& opts, int64_t limit) {
+  return Status(StatusCode::RESOURCE_EXHAUSTED,
+                "the request could cost " + std::to_string(cost) + " decoding steps (" + std::to_string(sentences) +
+                    " sentences x beam " + std::to_string(opts.beam_size) + " x up to " +
+                    std::to_string(opts.max_length) + " output tokens each, fewer for short sources), over the " +
+                    "server's limit of " + std::to_string(limit) + " (--max-request-cost); send fewer or shorter " +
+                    "sentences, or a smaller beam_size or max_length");
+}
+
+// server/service.py's idle_stream, in the same words.
+std::string idle_stream(double seconds) {
+  std::ostringstream shown;
+  shown << seconds;
+  return "the stream sent no request for " + shown.str() + " s with nothing in flight (--stream-idle-s); open a " +
+         "stream when there is something to translate";
 }
 
 Status too_big(const char* what, int64_t size, int64_t limit) {
@@ -374,6 +408,7 @@ class Service final : public pb::TranslationService::Service {
       size_t pending = 0;
       bool reading = true;
       Status error;
+      Clock::time_point read = Clock::now();  // when the last message arrived
     };
     auto shared = std::make_shared<Shared>();
     auto cancelled = std::make_shared<std::atomic<bool>>(false);  // the stream's, shared by its requests
@@ -382,18 +417,35 @@ class Service final : public pb::TranslationService::Service {
       shared->done.push_back(std::move(call));
       shared->cv.notify_all();
     };
+    const auto idle = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg_.stream_idle_s));
     std::thread writer([&, shared] {
       for (;;) {
         std::unique_lock<std::mutex> lock(shared->mu);
         // Done when reading has ended and nothing is left to send: every call answered, or the
         // stream failed (an invalid request, a failed write, a cancel), whose other answers are dropped.
-        shared->cv.wait(lock, [&] {
+        const auto finished = [&] {
           return !shared->done.empty() || (!shared->reading && (shared->pending == 0 || !shared->error.ok()));
-        });
+        };
+        if (cfg_.stream_idle_s > 0) {
+          // A stream that holds a thread and sends nothing is ended: the blocked Read returns
+          // once the call is cancelled.
+          while (!finished()) {
+            if (shared->reading && shared->pending == 0 && Clock::now() - shared->read >= idle) {
+              if (shared->error.ok()) shared->error = Status(StatusCode::CANCELLED, idle_stream(cfg_.stream_idle_s));
+              ctx->TryCancel();
+              break;
+            }
+            shared->cv.wait_until(lock, std::max(shared->read + idle, Clock::now() + std::chrono::milliseconds(100)));
+          }
+          shared->cv.wait(lock, finished);
+        } else {
+          shared->cv.wait(lock, finished);
+        }
         if (shared->done.empty()) return;
         auto call = std::move(shared->done.front());
         shared->done.pop_front();
         --shared->pending;
+        shared->cv.notify_all();  // the reader may be waiting for a free place
         lock.unlock();
         pb::TranslateResponse response;
         Status s = respond(*call, &response);
@@ -408,6 +460,14 @@ class Service final : public pb::TranslationService::Service {
     Status undecodable;
     grpc::ByteBuffer bytes;
     for (int64_t n = 1; stream->Read(&bytes); ++n) {
+      {
+        // At most max_stream_pending requests in flight; the stream's next ones wait unread.
+        std::unique_lock<std::mutex> lock(shared->mu);
+        shared->read = Clock::now();
+        shared->cv.wait(lock, [&] {
+          return shared->pending < static_cast<size_t>(cfg_.max_stream_pending) || !shared->error.ok();
+        });
+      }
       pb::TranslateRequest request;
       if (!grpc::SerializationTraits<pb::TranslateRequest>::Deserialize(&bytes, &request).ok()) {
         undecodable = invalid("message " + std::to_string(n) + " of the stream could not be decoded as a " +
@@ -538,6 +598,8 @@ class Service final : public pb::TranslationService::Service {
     status = options(request.options(), &opts);
     if (status.ok()) status = encode(*m, request.sentences(), &ids);
     if (!status.ok()) return status;
+    const int64_t cost = request_cost(ids, opts);
+    if (cost > cfg_.max_request_cost) return too_costly(cost, ids.size(), opts, cfg_.max_request_cost);
     // Refused before decoding: else gRPC would refuse to send the answer after it.
     const int64_t bound = response_bound(*m, request.request_id(), ids, opts);
     if (bound > cfg_.max_message_bytes) return too_big("could reach", bound, cfg_.max_message_bytes);
@@ -724,6 +786,7 @@ Config parse(int argc, char** argv) {
     else if (flag == "--max-tokens") cfg.max_tokens = parse_integer(flag, value);
     else if (flag == "--max-sentences") cfg.max_sentences = parse_integer(flag, value);
     else if (flag == "--max-beam") cfg.max_beam = parse_integer(flag, value);
+    else if (flag == "--max-request-cost") cfg.max_request_cost = parse_integer(flag, value);
     else if (flag == "--max-message-bytes") cfg.max_message_bytes = parse_integer(flag, value);
     else if (flag == "--rpc-threads") cfg.rpc_threads = parse_integer(flag, value);
     else if (flag == "--token") cfg.token = value;
@@ -731,6 +794,8 @@ Config parse(int argc, char** argv) {
     else if (flag == "--tls-cert") cfg.tls_cert = value;
     else if (flag == "--tls-key") cfg.tls_key = value;
     else if (flag == "--grace") cfg.grace_s = parse_number(flag, value);
+    else if (flag == "--stream-idle-s") cfg.stream_idle_s = parse_number(flag, value);
+    else if (flag == "--max-stream-pending") cfg.max_stream_pending = parse_integer(flag, value);
     else throw std::invalid_argument("unknown option " + flag + " (see --help)");
   }
   if (cfg.models.empty()) throw std::invalid_argument("give at least one --model NAME=EXPORT_DIR");
@@ -739,8 +804,9 @@ Config parse(int argc, char** argv) {
   if (cfg.max_batch < 1 || cfg.max_batch_tokens < 1 || cfg.max_queue < 1 || cfg.max_delay_ms < 0)
     throw std::invalid_argument("--max-batch, --max-batch-tokens and --max-queue must be positive, --max-delay-ms >= 0");
   if (cfg.max_chars < 1 || cfg.max_tokens < 1 || cfg.max_sentences < 1 || cfg.max_beam < 1 ||
-      cfg.max_message_bytes < 1 || cfg.rpc_threads < 1)
+      cfg.max_message_bytes < 1 || cfg.rpc_threads < 1 || cfg.max_request_cost < 1 || cfg.max_stream_pending < 1)
     throw std::invalid_argument("the --max-* limits and --rpc-threads must be positive");
+  if (!(cfg.stream_idle_s >= 0)) throw std::invalid_argument("--stream-idle-s must be >= 0 (0: never)");
   if (cfg.tls_cert.empty() != cfg.tls_key.empty()) throw std::invalid_argument("TLS needs both --tls-cert and --tls-key");
   if (!cfg.tls_cert.empty()) check_tls(cfg);
   // As server/app.py's bearer_token: --token, else --token-file, else $SEQ2SEQ_TOKEN.
@@ -830,7 +896,7 @@ int serve(const Config& cfg) {
   for (auto& [name, m] : service.models()) {
     m->batcher->close();
     const BatcherStats s = m->batcher->stats();
-    batches[name] = {{"batches", s.batches}, {"sentences", s.sentences}};
+    batches[name] = {{"batches", s.batches}, {"sentences", s.sentences}, {"abandoned", s.abandoned}};
   }
   log_event({{"event", "stopped"}, {"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"grace_s", cfg.grace_s},
              {"calls_abandoned", 0}, {"every_call_ended", true}, {"engine_batches", batches}});

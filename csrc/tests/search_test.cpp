@@ -414,6 +414,34 @@ TEST(Search, EarlyStopEndsOnceBeamSizeHypothesesEnded) {
   EXPECT_EQ(beam_search(early, kOneSource, o)[0].size(), 2u);
 }
 
+TEST(Search, AbandonedSentencesLeaveTheBatchAtTheNextStep) {
+  // Three sentences that would run to the maximum (A 0.9, <eos> 0.1, 10 tokens); sentence 1 is
+  // abandoned once 3 steps have run. From the step after, the model sees its rows no more; its
+  // result is empty and the others' equal a search without it.
+  for (int64_t beam : {1, 3}) {
+    ScriptedModel model(always({{kA, 0.9}, {kEos, 0.1}})), alone(always({{kA, 0.9}, {kEos, 0.1}}));
+    const Tokens sources = {{5}, {6}, {7}};
+    const auto& steps = model.rows_per_step;
+    const Abandoned abandoned = [&steps](int64_t sentence) { return sentence == 1 && steps.size() >= 3; };
+    auto opts = plain(beam, beam);
+    opts.early_stop = false;  // else three hypotheses end by step 2 and the search stops
+    const auto results = decode(model, sources, opts, abandoned);
+    ASSERT_EQ(results.size(), 3u);
+    EXPECT_TRUE(results[1].empty()) << "beam " << beam;
+    const auto expected = decode(alone, {{5}, {7}}, opts);
+    EXPECT_EQ(tokens_of(results[0]), tokens_of(expected[0])) << "beam " << beam;
+    EXPECT_EQ(tokens_of(results[2]), tokens_of(expected[1])) << "beam " << beam;
+    ASSERT_GT(steps.size(), 4u);
+    EXPECT_EQ(steps[2], 3 * beam) << "three sentences up to step 3";
+    EXPECT_EQ(steps[3], 2 * beam) << "two from step 4 on";
+  }
+  // Every sentence abandoned before the first step ends after it, with nothing decoded.
+  ScriptedModel model(always({{kA, 0.9}, {kEos, 0.1}}));
+  const auto none = decode(model, {{5}, {6}}, plain(2), [](int64_t) { return true; });
+  EXPECT_TRUE(none[0].empty() && none[1].empty());
+  EXPECT_EQ(model.rows_per_step.size(), 1u);
+}
+
 TEST(Search, PadAndBosAreNeverProduced) {
   // The model prefers <pad> and <bos>; what remains keeps its own log-prob (no renormalizing).
   ScriptedModel model(tree({{{}, {{kPad, 0.4}, {kBos, 0.3}, {kA, 0.2}, {kEos, 0.1}}},
