@@ -237,3 +237,22 @@ def test_evaluate_cli_with_both_backends(models, tmp_path, capsys):
     identical, total = map(int, out.split("parity: ")[1].split(" translations")[0].split(" of "))
     assert identical == total > 0
     assert (tmp_path / "eval" / "cpp" / "accuracy_by_length.png").exists()
+
+
+def test_a_summarized_text_longer_than_the_model_reads_is_cut_there(models):
+    # A translation longer than the model reads is an error; a text to summarize is read up to
+    # the model's limit, by both backends alike.
+    from seq2seq.engine import Engine
+    from seq2seq.evaluate import evaluate
+    from seq2seq.translate import Translator
+
+    export, cfg = models["summarize"]
+    pairs = load_dataset(cfg, ["test"]).splits["test"][:3]
+    reports = []
+    for translator in (Engine(export), Translator(export)):
+        translator.max_source_tokens = 4
+        assert max(len(translator.encode(s)) for s, _ in pairs) > 4
+        reports.append(evaluate(translator, pairs, DecodingOptions(beam_size=2), split="test"))
+        with pytest.raises(ValueError, match="this model reads at most 4"):
+            translator.translate([pairs[0][0]], DecodingOptions(beam_size=2))
+    assert reports[0]["hypotheses"] == reports[1]["hypotheses"] and len(reports[0]["hypotheses"]) == 3
