@@ -492,6 +492,24 @@ def cmd_bench_server(args) -> int:
         loadgen = str(Path(__file__).resolve().parents[1] / "build" / "cmake" / "seq2seq-loadgen")
         if not Path(loadgen).exists():
             raise ValueError(f"--load-generator cpp: {loadgen} is not built; build it with `make cpp`")
+    if args.abusive:
+        r = loadtest.abusive_clients(args.model, sentences, args.abusive, args.seconds, args.max_requests,
+                                     args.beam_size, "--threads", str(args.threads), "--workers", str(args.workers),
+                                     binary=binary, max_cost=args.max_request_cost)
+        a = r["abusive_request"]
+        print(f"abusive request: {a['sentences']} x {a['source_tokens']} tokens, beam {a['beam_size']}, max_length "
+              f"{a['max_length']}: cost {a['cost']} (--max-request-cost {args.max_request_cost}); "
+              f"{r['abusive_clients']} such clients; their calls: {r['abusive_outcomes']}")
+        print("| one normal client | requests | p50 ms | p90 ms | p99 ms |")
+        print("|---|---:|---:|---:|---:|")
+        for name in ("alone", "loaded"):
+            x = r[name]
+            label = "alone" if name == "alone" else f"beside {r['abusive_clients']} abusive clients"
+            print(f"| {label} | {x['requests']} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | {x['p99_ms']:.1f} |")
+        print(f"p99 beside them / alone: {r['p99_ratio']:.2f}x (target: at most 2x)")
+        if args.out:
+            Path(args.out).write_text(json.dumps(r, indent=2))
+        return 0
     rows = loadtest.bench_server(args.model, sentences, clients, batches, args.seconds, args.max_requests,
                                  args.beam_size, args.threads, args.compute_type, args.workers, args.max_delay_ms,
                                  binary=binary, rounds=args.rounds, loadgen=loadgen)
@@ -747,6 +765,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "less of the CPU the server shares with them")
     p.add_argument("--overhead-sentences", type=int, default=300,
                    help="one client alternating direct and served calls over this many sentences (0: skip)")
+    p.add_argument("--abusive", type=int, default=0, help="instead of the cases: one normal client alone, then "
+                   "beside this many clients sending the costliest request the server admits")
+    p.add_argument("--max-request-cost", type=int, default=65536, help="with --abusive: the server's limit")
     p.add_argument("--out", help="write the rows here as JSON")
     p.set_defaults(func=cmd_bench_server)
 

@@ -109,6 +109,57 @@ def run_load_cpp(loadgen: str, target: str, sentences: list[str], clients: int, 
     return json.loads(done.stdout)
 
 
+def abusive_clients(export: str, sentences: list[str], abusive: int, seconds: float, max_requests: int,
+                    beam_size: int, *server_args: str, binary: str = "", max_cost: int = 65536) -> dict:
+    """A normal client's latency alone, then beside ``abusive`` clients that each send, again and
+    again, the costliest request the server admits: 8 copies of the longest sentence, at the
+    largest beam whose cost (sentences x beam x the longest output they may reach) stays within
+    ``max_cost`` (the server's --max-request-cost), max_length 512. One server for both phases."""
+    from seq2seq.config import DecodingOptions
+    from seq2seq.engine import Engine
+    from seq2seq.server.service import request_cost
+
+    engine = Engine(export)
+    longest = max(sentences, key=lambda text: len(engine.encode(text)))
+    ids = [engine.encode(longest)] * 8
+    beam = max((b for b in range(1, 33) if request_cost(ids, DecodingOptions(beam_size=b, max_length=512)) <= max_cost),
+               default=1)
+    cost = request_cost(ids, DecodingOptions(beam_size=beam, max_length=512))
+    proc, port, _ = start_server(export, "--max-request-cost", str(max_cost), *server_args, binary=binary)
+    target, outcomes, lock = f"127.0.0.1:{port}", {}, threading.Lock()
+    stop = threading.Event()
+
+    def abuse():
+        client = Client(target, timeout=300)
+        while not stop.is_set():
+            try:
+                client.translate([longest] * 8, beam_size=beam, max_length=512)
+                name = "OK"
+            except grpc.RpcError as e:
+                name = e.code().name
+            with lock:
+                outcomes[name] = outcomes.get(name, 0) + 1
+        client.close()
+
+    try:
+        alone = run_load(target, sentences, 1, seconds, max_requests, beam_size)
+        abusers = [threading.Thread(target=abuse) for _ in range(abusive)]
+        for t in abusers:
+            t.start()
+        time.sleep(1.0)  # the abusive requests are in the engine
+        loaded = run_load(target, sentences, 1, seconds, max_requests, beam_size)
+        stop.set()
+        for t in abusers:
+            t.join()
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait()
+    return {"alone": alone, "loaded": loaded, "abusive_clients": abusive, "abusive_request":
+            {"sentences": 8, "source_tokens": len(ids[0]), "beam_size": beam, "max_length": 512, "cost": cost},
+            "abusive_outcomes": outcomes, "p99_ratio": loaded["p99_ms"] / alone["p99_ms"]}
+
+
 def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: int = 300, threads: int = 1,
                         compute_type: str = "float32", *server_args: str, binary: str = "") -> dict:
     """What a Translate call costs over a direct engine call with the server's settings.

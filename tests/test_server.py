@@ -633,3 +633,24 @@ def test_bench_server_rounds_repeat_every_case(exports, tmp_path, capsys):
     assert f"(rounds: {gains[0] / gains[1]:.1f}x, {gains[2] / gains[3]:.1f}x; the median)" in printed
     assert bench_server(exports, tmp_path, 10, "--rounds", "0") == 2
     assert "--rounds must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_bench_server_measures_a_client_beside_abusive_ones(exports, tmp_path, capsys):
+    from seq2seq.engine import Engine
+    from seq2seq.server.service import request_cost
+
+    out = tmp_path / "bench.json"
+    assert bench_server(exports, tmp_path, 10, "--abusive", "2", "--seconds", "2", "--max-requests", "20",
+                        "--beam-size", "1", "--max-request-cost", "4000") == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    a = r["abusive_request"]
+    # The costliest request within the limit: one beam more would pass it.
+    engine = Engine(exports["bahdanau"])
+    ids = [engine.encode(max(SENTENCES[:10], key=lambda text: len(engine.encode(text))))] * 8
+    assert a["cost"] == request_cost(ids, DecodingOptions(beam_size=a["beam_size"], max_length=512)) <= 4000
+    assert request_cost(ids, DecodingOptions(beam_size=a["beam_size"] + 1, max_length=512)) > 4000
+    assert r["abusive_outcomes"].get("OK", 0) >= 1 and set(r["abusive_outcomes"]) <= {"OK", "CANCELLED"}
+    assert 0 < r["alone"]["requests"] <= 20 and 0 < r["loaded"]["requests"] <= 20
+    assert r["p99_ratio"] == pytest.approx(r["loaded"]["p99_ms"] / r["alone"]["p99_ms"])
+    assert "| beside 2 abusive clients |" in printed and "p99 beside them / alone" in printed
