@@ -155,6 +155,12 @@ class BearerToken(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
+def with_behavior(handler, wrap):
+    """The handler with its behaviour (whichever of the four kinds it has) replaced by wrap(behaviour)."""
+    kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
+    return handler._replace(**{kind: wrap(getattr(handler, kind))})
+
+
 class CallsInFlight(grpc.ServerInterceptor):
     """Counts the calls whose handler has started and that grpcio has not ended (it runs a
     call's context callbacks when it ends it), for the stop's log line."""
@@ -164,10 +170,7 @@ class CallsInFlight(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
-        if handler is None:
-            return None
-        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
-        return handler._replace(**{kind: self._counted(getattr(handler, kind))})
+        return None if handler is None else with_behavior(handler, self._counted)
 
     def _counted(self, behavior):
         def run(request, context):
@@ -190,7 +193,7 @@ RESERVED_THREADS = 8
 
 class TranslationCallsAdmitted(grpc.ServerInterceptor):
     """At most ``limit`` TranslationService calls at once; beyond, RESOURCE_EXHAUSTED. grpcio's
-    own bound (maximum_concurrent_rpcs) counts every call, so 130 idle streams made it refuse
+    own bound (maximum_concurrent_rpcs) counts every call, so (as reported) 130 idle streams made it refuse
     health checks too; this one counts the service's calls only."""
 
     prefix = f"/{SERVICE_NAME}/"
@@ -202,9 +205,9 @@ class TranslationCallsAdmitted(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or not details.method.startswith(self.prefix):
             return handler
-        kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
-        behavior = getattr(handler, kind)
+        return with_behavior(handler, self._admitted)
 
+    def _admitted(self, behavior):
         def admitted(request, context):
             with self._lock:
                 full = self.count >= self.limit
@@ -216,7 +219,7 @@ class TranslationCallsAdmitted(grpc.ServerInterceptor):
             if not context.add_callback(self._ended):  # False: the call has ended already
                 self._ended()
             return behavior(request, context)
-        return handler._replace(**{kind: admitted})
+        return admitted
 
     def _ended(self):
         with self._lock:
@@ -226,8 +229,8 @@ class TranslationCallsAdmitted(grpc.ServerInterceptor):
 class RequestsDecodedByTheHandler(grpc.ServerInterceptor):
     """Every TranslationService message through a deserializer that never raises
     (service.never_raising). When grpcio's own deserializer raises, it answers INTERNAL, and
-    its error path keeps memory: 10,000 undecodable requests grew a server by 165 MB, a bare
-    grpcio server too. A unary request that cannot be decoded is answered INVALID_ARGUMENT
+    its error path keeps memory: 10,000 undecodable requests took this server from 324 to 512 MB
+    (benchmarks/undecodable_rss.py, before this interceptor). A unary request that cannot be decoded is answered INVALID_ARGUMENT
     here; TranslateStream answers its messages one by one (TranslationService.TranslateStream)."""
 
     prefix = f"/{SERVICE_NAME}/"
@@ -239,15 +242,17 @@ class RequestsDecodedByTheHandler(grpc.ServerInterceptor):
         decode = never_raising(handler.request_deserializer)
         if handler.request_streaming:
             return handler._replace(request_deserializer=decode)
-        kind = "unary_stream" if handler.response_streaming else "unary_unary"
-        behavior, name = getattr(handler, kind), decode.message_name
+        message = decode.message_name
 
-        def checked(request, context):
-            if request is UNDECODABLE:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request could not be decoded as a {name}; "
-                              "send the message proto/seq2seq/v1/translation.proto defines for this method")
-            return behavior(request, context)
-        return handler._replace(request_deserializer=decode, **{kind: checked})
+        def checked(behavior):
+            def run(request, context):
+                if request is UNDECODABLE:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request could not be decoded as a "
+                                  f"{message}; send the message proto/seq2seq/v1/translation.proto defines for this "
+                                  "method")
+                return behavior(request, context)
+            return run
+        return with_behavior(handler._replace(request_deserializer=decode), checked)
 
 
 class Server:

@@ -34,7 +34,7 @@ class Limits:
     max_length: int = 512
     max_evaluate: int = 20000  # sentences of one Evaluate job
     # The engine steps a request may cost: sentences x beam x the longest output each may reach.
-    # 8 sentences of 250 tokens at beam 32 (130,560) held a worker for 25 s on two cores.
+    # 8 sentences of 250 tokens at beam 32 (130,560) held a worker for 25 s on two cores, as reported.
     max_cost: int = 65536
 
 
@@ -318,7 +318,7 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
             done: queue.Queue = queue.Queue()
             pending = []
             # At most max_stream_pending requests in flight: the stream's next ones wait unread
-            # (one stream of 5,000 requests had grown the server to 2,049 threads).
+            # (as reported, one stream of 5,000 requests had grown the server to 2,049 threads).
             slots = threading.Semaphore(self.max_stream_pending)
             state, counting = {"read": time.monotonic(), "in_flight": 0}, threading.Lock()
 

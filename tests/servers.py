@@ -75,3 +75,18 @@ class Running:
             self.terminate()
         assert self.proc.wait(120) == 0
         return self.lines()
+
+
+def servers_for_one_test(export: Path, tmp_path: Path):
+    """A fixture's body: yields start(server, *args, limit=..., cost=...), which starts a server
+    on ``export`` logging under ``tmp_path``; those still up when the test ends are killed."""
+    started = []
+
+    def run(server: str, *args: str, **kw) -> Running:
+        started.append(Running(server, export, tmp_path / f"server{len(started)}.log", *args, **kw))
+        return started[-1]
+    yield run
+    for srv in started:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.exports import random_export, sentencepiece_tokenizer
-from tests.servers import SERVERS, Running
+from tests.servers import SERVERS, servers_for_one_test
 
 pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
 
@@ -38,16 +38,7 @@ def export(tmp_path_factory):
 
 @pytest.fixture
 def start(export, tmp_path):
-    started = []
-
-    def run(server: str, *args: str, **kw) -> Running:
-        started.append(Running(server, export, tmp_path / f"server{len(started)}.log", *args, **kw))
-        return started[-1]
-    yield run
-    for srv in started:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait()
+    yield from servers_for_one_test(export, tmp_path)
 
 
 def rss_mb(pid: int) -> float:

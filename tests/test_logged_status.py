@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from tests.exports import random_export, sentencepiece_tokenizer
-from tests.servers import SERVERS, Running
+from tests.servers import SERVERS, Running, servers_for_one_test
 
 pytest.importorskip("seq2seq._C", reason="the C++ engine is not built")
 
@@ -46,17 +46,7 @@ def running(request, export, tmp_path_factory):
 
 @pytest.fixture
 def start(export, tmp_path):
-    """Starts servers for one test: start(server, *args, limit=...); those still up at its end are killed."""
-    started = []
-
-    def run(server: str, *args: str, **kw) -> Running:
-        started.append(Running(server, export, tmp_path / f"server{len(started)}.log", *args, **kw))
-        return started[-1]
-    yield run
-    for srv in started:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait()
+    yield from servers_for_one_test(export, tmp_path)
 
 
 @pytest.fixture(scope="module")
