@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <functional>
 #include <cmath>
 #include <numeric>
 
@@ -31,6 +32,18 @@ double penalized(double log_prob, int64_t length, const DecodeOptions& opts) {
   if (opts.length_penalty == "gnmt") return log_prob / std::pow((5.0 + length) / 6.0, opts.alpha);
   if (opts.length_penalty == "average") return log_prob / static_cast<double>(length);
   return log_prob;
+}
+
+// Whether searching on can no longer change a sentence's n-best list: a log-probability only
+// falls as a hypothesis grows and every penalty divides it by a factor growing with the length,
+// so a live beam ends at best with its log-probability penalized at the longest length it may
+// reach (max_len tokens and the <eos>). Later hypotheses that tie rank after earlier ones.
+bool settled(const std::vector<Hypothesis>& ended, float best_live, int64_t max_len, const DecodeOptions& opts) {
+  if (static_cast<int64_t>(ended.size()) < opts.n_best) return false;
+  std::vector<double> scores;
+  for (const auto& h : ended) scores.push_back(h.score);
+  std::nth_element(scores.begin(), scores.begin() + (opts.n_best - 1), scores.end(), std::greater<>());
+  return scores[opts.n_best - 1] >= penalized(best_live, max_len + 1, opts);
 }
 
 at::Tensor ids_tensor(const std::vector<int64_t>& v, const Model& model) {
@@ -204,7 +217,9 @@ Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>&
           if (static_cast<int64_t>(beams.size()) == k) break;
         }
       }
-      if (beams.empty() || (opts.early_stop && static_cast<int64_t>(finished[s].size()) >= k)) continue;
+      if (beams.empty() || (opts.early_stop && static_cast<int64_t>(finished[s].size()) >= k) ||
+          settled(finished[s], std::get<2>(beams.front()), maxs[s], opts))
+        continue;
       if (abandoned && abandoned(s)) {
         finished[s].clear();  // nobody reads them; an empty result says the sentence was left
         continue;

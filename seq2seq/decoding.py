@@ -11,6 +11,9 @@ Rules (DecodingOptions in config.py holds the numbers):
   candidates become the next beams until there are beam_size of them.
 - With early_stop, a sentence is finished once beam_size hypotheses have ended; at its
   maximum length every live beam is forced to end. Finished sentences leave the batch.
+- A sentence is also finished, early_stop or not, once its n_best-th best ended hypothesis
+  scores at least what its best live beam could still reach (``settled``): the results are
+  those of searching on, in fewer steps.
 - n-best lists are ordered by penalized score; equal scores keep the order of ending.
 - Greedy search takes the highest log-probability, ties to the lowest token id; it gives
   the same tokens and scores as beam search with beam_size 1.
@@ -45,6 +48,18 @@ def length_penalty(log_prob: float, length: int, opts: DecodingOptions) -> float
     if opts.length_penalty == "average":
         return log_prob / length
     return log_prob
+
+
+def settled(ended: list[Hypothesis], best_live: float, max_len: int, opts: DecodingOptions) -> bool:
+    """Whether searching on can no longer change a sentence's n-best list. A log-probability
+    only falls as a hypothesis grows, and every penalty divides it by a factor that grows
+    with the length, so the best score a live beam can still end with is its log-probability
+    penalized at the longest length it may reach (max_len tokens and the <eos>). Later
+    hypotheses that tie rank after the earlier ones (a stable sort), so ties settle too."""
+    if len(ended) < opts.n_best:
+        return False
+    nth = sorted((h.score for h in ended), reverse=True)[opts.n_best - 1]
+    return nth >= length_penalty(best_live, max_len + 1, opts)
 
 
 def length_limits(src_lengths: torch.Tensor, opts: DecodingOptions) -> tuple[list[int], list[int]]:
@@ -171,7 +186,8 @@ def beam_search(model, src, src_lengths, opts: DecodingOptions):
                     beams.append((row, token, score))
                     if len(beams) == k:
                         break
-            if not beams or (opts.early_stop and len(finished[sentence]) >= k):
+            if (not beams or (opts.early_stop and len(finished[sentence]) >= k)
+                    or settled(finished[sentence], beams[0][2], maxs[sentence], opts)):
                 continue
             beams += [(beams[-1][0], beams[-1][1], NEG_INF)] * (k - len(beams))  # dead fillers
             next_live.append(sentence)

@@ -247,12 +247,16 @@ class RequestsDecodedByTheHandler(grpc.ServerInterceptor):
         def checked(behavior):
             def run(request, context):
                 if request is UNDECODABLE:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request could not be decoded as a "
-                                  f"{message}; send the message proto/seq2seq/v1/translation.proto defines for this "
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request could not be decoded as "
+                                  f"{article(message)}; send the message proto/seq2seq/v1/translation.proto defines for this "
                                   "method")
                 return behavior(request, context)
             return run
         return with_behavior(handler._replace(request_deserializer=decode), checked)
+
+
+def article(word: str) -> str:
+    return f"{'an' if word[0] in 'AEIOU' else 'a'} {word}"
 
 
 class Server:

@@ -104,9 +104,18 @@ def test_undecodable_requests_are_refused_and_cost_no_memory(start, server):
     grown = rss_mb(srv.proc.pid) - before
     # grpcio's deserializer error path kept about 19 KB a request (57 MB here).
     assert grown < 10, f"{server}: {grown:.1f} MB more after 3000 undecodable requests"
-    if server == "python":
-        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "could not be decoded as a TranslateRequest" in error.details()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{server}: {error.code()} {error.details()}"
+    assert "could not be decoded as a TranslateRequest" in error.details()
+    for method, message in [("ListModels", "ListModelsRequest"), ("GetModel", "GetModelRequest")]:
+        with pytest.raises(grpc.RpcError) as e:
+            srv.channel.unary_unary(f"/seq2seq.v1.TranslationService/{method}")(b"\xff\xff\xff\xff", timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{server} {method}: {e.value.details()}"
+        assert f"could not be decoded as a {message}" in e.value.details()
+    events = srv.channel.unary_stream("/seq2seq.v1.TranslationService/Evaluate")(b"\xff\xff\xff\xff", timeout=30)
+    with pytest.raises(grpc.RpcError) as e:
+        list(events)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, f"{server} Evaluate: {e.value.details()}"
+    assert "could not be decoded as an EvaluateRequest" in e.value.details()
     # The server still answers.
     assert srv.stub.Translate(pb.TranslateRequest(sentences=[" ".join(WORDS[:4])]), timeout=60).translations
 

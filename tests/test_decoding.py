@@ -153,3 +153,51 @@ def test_early_stop_off_searches_to_the_maximum():
 def test_bad_options_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         run(TableModel([[0.0] * 8]), DecodingOptions(**bad))
+
+
+class EosLeaning:
+    """A model whose every step moves ``bias`` nats towards <eos> (renormalized), so that
+    hypotheses end within a few steps, as a trained model's do; counts the rows it decodes."""
+
+    def __init__(self, m, bias: float):
+        self.m, self.bias, self.rows = m, bias, 0
+
+    def eval(self):
+        return self
+
+    def encode(self, src, src_lengths):
+        return self.m.encode(src, src_lengths)
+
+    def decode_step(self, prev, state):
+        self.rows += prev.size(0)
+        log_probs, state, attention = self.m.decode_step(prev, state)
+        log_probs = log_probs.clone()
+        log_probs[:, EOS] += self.bias
+        return torch.log_softmax(log_probs, -1), state, attention
+
+
+@pytest.mark.parametrize("family", ["bahdanau", "transformer-pre"])
+@pytest.mark.parametrize("penalty, n_best, early_stop", [("none", 1, True), ("gnmt", 1, True),
+                                                          ("average", 1, False), ("none", 3, False)])
+def test_settled_sentences_stop_with_the_results_of_searching_on(monkeypatch, family, penalty, n_best, early_stop):
+    """The early end of a settled sentence changes the number of steps, never the results:
+    the same n-best lists, scores and attention as the search with the rule switched off."""
+    import seq2seq.decoding as decoding
+
+    gen = torch.Generator().manual_seed(11)
+    sentences = [(torch.randint(4, SMALL["src_vocab"], (int(n),), generator=gen).tolist(), [])
+                 for n in torch.randint(1, 12, (24,), generator=gen)]
+    batch = batch_of(sentences)
+    opts = DecodingOptions(beam_size=5, n_best=n_best, length_penalty=penalty, early_stop=early_stop,
+                           max_length_ratio=1.5, max_length_extra=4, return_attention=True)
+    quick = EosLeaning(model(family), bias=2.5)
+    settled = decode(quick, batch.src, batch.src_lengths, opts)
+    monkeypatch.setattr(decoding, "settled", lambda *args: False)
+    slow = EosLeaning(model(family), bias=2.5)
+    searched = decode(slow, batch.src, batch.src_lengths, opts)
+    for a, b in zip(settled, searched):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == [h.score for h in b]
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.attention, y.attention, atol=0, rtol=0)
+    assert quick.rows < slow.rows

@@ -50,7 +50,8 @@ using grpc::Status;
 using grpc::StatusCode;
 
 const char* kService = "seq2seq.v1.TranslationService";
-constexpr int kTranslateStreamIndex = 1;  // its place among the service's methods in the proto
+// The methods' places in the service of proto/seq2seq/v1/translation.proto.
+constexpr int kTranslateIndex = 0, kTranslateStreamIndex = 1, kEvaluateIndex = 2, kListModelsIndex = 3, kGetModelIndex = 4;
 
 // TranslateStream's messages as bytes, each decoded by the handler (Service's constructor says why).
 using RawStream = grpc::ServerReaderWriter<pb::TranslateResponse, grpc::ByteBuffer>;
@@ -325,6 +326,23 @@ class Service final : public pb::TranslationService::Service {
     MarkMethodStreamed(kTranslateStreamIndex,
                        new grpc::internal::BidiStreamingHandler<Service, grpc::ByteBuffer, pb::TranslateResponse>(
                            handler, this));
+    // The unary methods too: gRPC answers a request it cannot decode with INTERNAL before any
+    // handler runs, unlogged. Read as bytes, it gets INVALID_ARGUMENT naming the message expected.
+    unary<pb::TranslateRequest, pb::TranslateResponse>(kTranslateIndex, "Translate", &Service::Translate);
+    unary<pb::ListModelsRequest, pb::ListModelsResponse>(kListModelsIndex, "ListModels", &Service::ListModels);
+    unary<pb::GetModelRequest, pb::ModelInfo>(kGetModelIndex, "GetModel", &Service::GetModel);
+    using Split = grpc::ServerSplitStreamer<grpc::ByteBuffer, pb::EvaluateEvent>;
+    MarkMethodStreamed(kEvaluateIndex, new grpc::internal::SplitServerStreamingHandler<grpc::ByteBuffer, pb::EvaluateEvent>(
+                                           [this](ServerContext* ctx, Split* streamer) {
+                                             grpc::ByteBuffer bytes;
+                                             pb::EvaluateRequest request;
+                                             if (!streamer->Read(&bytes) ||
+                                                 !grpc::SerializationTraits<pb::EvaluateRequest>::Deserialize(
+                                                      &bytes, &request).ok())
+                                               return logged("Evaluate", ctx, "", 0,
+                                                             [&] { return undecodable<pb::EvaluateRequest>(ctx); });
+                                             return Evaluate(ctx, &request, nullptr);
+                                           }));
   }
 
   void add(std::unique_ptr<Model> model) { models_[model->name] = std::move(model); }
@@ -370,6 +388,33 @@ class Service final : public pb::TranslationService::Service {
   }
 
  private:
+  template <typename Request, typename Response>
+  void unary(int index, const char* method,
+             Status (Service::*behaviour)(ServerContext*, const Request*, Response*)) {
+    using Streamer = grpc::ServerUnaryStreamer<grpc::ByteBuffer, Response>;
+    MarkMethodStreamed(index, new grpc::internal::StreamedUnaryHandler<grpc::ByteBuffer, Response>(
+                                  [this, method, behaviour](ServerContext* ctx, Streamer* streamer) {
+                                    grpc::ByteBuffer bytes;
+                                    Request request;
+                                    if (!streamer->Read(&bytes) ||
+                                        !grpc::SerializationTraits<Request>::Deserialize(&bytes, &request).ok())
+                                      return logged(method, ctx, "", 0, [&] { return undecodable<Request>(ctx); });
+                                    Response response;
+                                    const Status status = (this->*behaviour)(ctx, &request, &response);
+                                    if (status.ok()) streamer->Write(response);
+                                    return status;
+                                  }));
+  }
+
+  template <typename Request>
+  Status undecodable(ServerContext* ctx) const {
+    const Status status = admit(ctx);  // a caller without the token learns nothing more
+    if (!status.ok()) return status;
+    const std::string message = Request::descriptor()->name();
+    return invalid("the request could not be decoded as " + std::string(std::string("AEIOU").find(message[0]) != std::string::npos ? "an " : "a ") + message +
+                   "; send the message proto/seq2seq/v1/translation.proto defines for this method");
+  }
+
   Status translate(ServerContext* ctx, const pb::TranslateRequest* request, pb::TranslateResponse* response) {
     Status status = admit(ctx);
     if (!status.ok()) return status;

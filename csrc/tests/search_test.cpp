@@ -414,6 +414,34 @@ TEST(Search, EarlyStopEndsOnceBeamSizeHypothesesEnded) {
   EXPECT_EQ(beam_search(early, kOneSource, o)[0].size(), 2u);
 }
 
+TEST(Search, ASettledSentenceStopsBeforeBeamSizeHypothesesEnd) {
+  // Beam 3, n_best 1, no penalty. Step 0: A 0.6, <eos> 0.3, B 0.1. Step 1: A <eos> (0.42) ranks
+  // first, above every live beam (A C 0.18, B C 0.1): no later hypothesis can beat it, so the
+  // search stops there, with two hypotheses ended of the three early_stop waits for. Searching
+  // on (n_best 3, which the rule cannot settle before three have ended) takes a third step and
+  // finds the same best.
+  const auto script = tree({{{}, {{kA, 0.6}, {kEos, 0.3}, {kB, 0.1}}},
+                            {{kA}, {{kEos, 0.7}, {kC, 0.3}}},
+                            {{kB}, {{kC, 1.0}}}});
+  ScriptedModel settled(script), searched(script);
+  const auto quick = beam_search(settled, kOneSource, plain(3, 1));
+  EXPECT_EQ(tokens_of(quick[0]), Tokens({{kA}}));
+  EXPECT_NEAR(quick[0][0].score, log_of({0.6, 0.7}), kTol);
+  EXPECT_EQ(settled.rows_per_step, std::vector<int64_t>({3, 3}));
+  const auto full = beam_search(searched, kOneSource, plain(3, 3));
+  EXPECT_EQ(tokens_of(full[0]), Tokens({{kA}, {}, {kA, kC}}));
+  EXPECT_EQ(searched.rows_per_step.size(), 3u);
+
+  // With a length penalty the bound is the live beam's log-probability penalized at the
+  // longest length it may reach (10 tokens and <eos>): averaged, A C can still end at
+  // log(0.18) / 11 = -0.156, above A's log(0.42) / 2 = -0.434, so the search goes on.
+  auto averaged = plain(3, 1);
+  averaged.length_penalty = "average";
+  ScriptedModel unsettled(script);
+  beam_search(unsettled, kOneSource, averaged);
+  EXPECT_EQ(unsettled.rows_per_step.size(), 3u);
+}
+
 TEST(Search, AbandonedSentencesLeaveTheBatchAtTheNextStep) {
   // Three sentences that would run to the maximum (A 0.9, <eos> 0.1, 10 tokens); sentence 1 is
   // abandoned once 3 steps have run. From the step after, the model sees its rows no more; its
