@@ -1,5 +1,6 @@
 """MKL's sgemm against oneDNN with prepacked weights, the two ways the engine multiplies a
-batch of rows by a float32 matrix (csrc/engine.cpp: Engine::apply), one thread.
+batch of rows by a float32 matrix (csrc/layers/dense.cpp: Dense::float32), on --threads
+threads (one by default).
 
     python benchmarks/linear_backends.py --shapes 4000x640,768x640,768x256,128x256 --rows 1,2,5,32,160
 
@@ -32,14 +33,15 @@ def main() -> int:
     parser.add_argument("--shapes", default="4000x640,768x640,768x256,128x256")
     parser.add_argument("--rows", default="1,2,5,32,160")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if not torch.backends.mkldnn.is_available():
         raise SystemExit("this torch build has no oneDNN")
-    print(f"torch {torch.__version__}, one thread")
+    print(f"torch {torch.__version__}, {args.threads} thread(s)")
     print("| OUTxIN | rows | MKL addmm, us | oneDNN, us | MKL / oneDNN | the engine uses |\n|---|---:|---:|---:|---:|---|")
     for shape in args.shapes.split(","):
         out, inp = (int(v) for v in shape.split("x"))

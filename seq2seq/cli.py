@@ -384,6 +384,7 @@ def cmd_serve(args) -> int:
     cfg = ServerConfig(models=model_paths(args.model), host=args.host, port=args.port, threads=args.threads,
                        compute_type=args.compute_type, workers=args.workers, max_batch=args.max_batch,
                        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+                       max_queue_per_client=args.max_queue_per_client,
                        max_message_bytes=args.max_message_bytes, limits=limits,
                        token=bearer_token(args.token, args.token_file), tls_cert=args.tls_cert,
                        tls_key=args.tls_key, metrics_port=args.metrics_port, data_dir=args.data_dir,
@@ -717,6 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, help="sentences per engine batch")
     p.add_argument("--max-delay-ms", type=float, default=3.0, help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=int, default=4096, help="queued sentences before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-queue-per-client", type=int, default=0,
+                   help="queued sentences one client (a connection) may hold; 0: half of --max-queue")
     p.add_argument("--max-chars", type=int, default=2000, help="characters per sentence")
     p.add_argument("--max-tokens", type=int, default=256, help="source tokens per sentence")
     p.add_argument("--max-sentences", type=int, default=256, help="sentences per request")

@@ -52,6 +52,7 @@ class ServerConfig:
     max_batch_tokens: int = 16384  # source tokens x beam per engine batch
     max_delay_ms: float = 3.0  # how long the first request of a batch waits for company
     max_queue: int = 4096  # sentences waiting; beyond: RESOURCE_EXHAUSTED
+    max_queue_per_client: int = 0  # sentences one connection may have waiting; 0: half of max_queue
     max_message_bytes: int = 4 * 2**20
     rpc_threads: int = 128  # translation calls handled at once (health and reflection are not counted)
     stream_idle_s: float = 60.0  # a TranslateStream idle this long, nothing in flight, is ended; 0: never
@@ -63,6 +64,12 @@ class ServerConfig:
     metrics_port: int | None = None  # Prometheus on 127.0.0.1:PORT; None: off
     data_dir: str = ""  # where Evaluate reads corpora (default: as the models were trained)
     grace_s: float = 10.0  # SIGTERM: how long in-flight calls may finish
+
+
+def client_share(cfg: ServerConfig) -> int:
+    """The sentences one client (a connection) may have queued: as set, or half the queue,
+    so that one client sending as fast as it can still leaves room for the others."""
+    return cfg.max_queue_per_client or max(1, (cfg.max_queue + 1) // 2)
 
 
 def engine_workers(cfg: ServerConfig) -> int:
@@ -301,7 +308,7 @@ class Server:
                 (lambda ids, opts, abandoned, t=model.translator: t.decode_ids(ids, opts))
             model.batcher = Batcher(run, cfg.max_batch, cfg.max_batch_tokens,
                                     cfg.max_delay_ms / 1000, cfg.max_queue, engine_workers(cfg),
-                                    self.metrics.on_batch(name))
+                                    self.metrics.on_batch(name), client_share(cfg))
             self.models[name] = model
             log.info(json.dumps({"event": "model_loaded", "model": name, "path": path, "backend": model.backend,
                                  "workers": engine_workers(cfg), "threads": cfg.threads}))

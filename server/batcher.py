@@ -42,6 +42,7 @@ class Job:
     ids: list[list[int]]
     opts: DecodingOptions
     deadline: float | None  # time.monotonic() seconds; None: no deadline
+    client: str = ""  # whose: the connection's peer address
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
     gone: bool = False  # abandoned by its caller
@@ -69,9 +70,14 @@ class Job:
 
 class Batcher:
     def __init__(self, translate_ids, max_batch: int = 64, max_tokens: int = 16384, max_delay: float = 0.003,
-                 max_queue: int = 4096, workers: int = 2, on_batch=None):
+                 max_queue: int = 4096, workers: int = 2, on_batch=None, max_per_client: int | None = None):
         if max_batch < 1 or max_tokens < 1 or max_delay < 0 or max_queue < 1 or workers < 1:
             raise ValueError("max_batch, max_tokens, max_queue and workers must be positive, max_delay >= 0")
+        if max_per_client is not None and max_per_client < 1:
+            raise ValueError(f"max_queue_per_client must be positive, got {max_per_client}")
+        # One client's share of the queue, so that the others always find room.
+        self.max_per_client = max_queue if max_per_client is None else max_per_client
+        self._by_client: dict[str, int] = {}  # sentences waiting, per client
         self.translate_ids = translate_ids
         self.max_batch, self.max_tokens, self.max_delay, self.max_queue = max_batch, max_tokens, max_delay, max_queue
         self.on_batch = on_batch or (lambda sentences, queued: None)
@@ -93,16 +99,23 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
-    def submit(self, ids: list[list[int]], opts: DecodingOptions, deadline: float | None = None) -> list[Job]:
-        """Queue the sentences; raises QueueFull when they would overflow the queue."""
-        jobs = [Job(ids[i:i + self.max_batch], opts, deadline) for i in range(0, len(ids), self.max_batch)]
+    def submit(self, ids: list[list[int]], opts: DecodingOptions, deadline: float | None = None,
+               client: str = "") -> list[Job]:
+        """Queue the sentences; raises QueueFull when they would overflow the queue or the
+        client's share of it."""
+        jobs = [Job(ids[i:i + self.max_batch], opts, deadline, client) for i in range(0, len(ids), self.max_batch)]
         with self._cond:
             if self._closed:
                 raise QueueFull("the server is shutting down")
             if self._queued + len(ids) > self.max_queue:
                 raise QueueFull(f"the queue holds {self._queued} sentences; {len(ids)} more would pass its "
                                 f"limit of {self.max_queue}")
+            held = self._by_client.get(client, 0)
+            if held + len(ids) > self.max_per_client:
+                raise QueueFull(f"this client has {held} sentences queued; {len(ids)} more would pass the "
+                                f"{self.max_per_client} one client may hold of the queue's {self.max_queue}")
             self._queue.extend(jobs)
+            self._by_client[client] = held + len(ids)
             self._queued += len(ids)
             self._submitted += len(ids)
             self._cond.notify_all()
@@ -154,6 +167,9 @@ class Batcher:
                         break
                     self._queue.remove(job)
                     self._queued -= len(job.ids)
+                    self._by_client[job.client] -= len(job.ids)
+                    if not self._by_client[job.client]:
+                        del self._by_client[job.client]
                     batch.append(job)
                     sentences += len(job.ids)
                     cost += job.cost()

@@ -278,7 +278,7 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         remaining = context.time_remaining()  # None, or near-infinite, when the caller set no deadline
         deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e7 else None
         try:
-            jobs = model.batcher.submit(ids, opts, deadline)
+            jobs = model.batcher.submit(ids, opts, deadline, client=context.peer())
         except QueueFull as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         self.metrics.set_queue_depth(model.name, model.batcher.queued)

@@ -34,8 +34,15 @@ class Running:
                 *metrics, *args,
                 stderr=err,
                 binary=str(BINARY) if server == "cpp" else "")
+        self.port = port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.stub = pb_grpc.TranslationServiceStub(self.channel)
+
+    def other_client(self) -> pb_grpc.TranslationServiceStub:
+        """A stub over a connection of its own (grpcio shares one between channels to the same
+        address unless told otherwise), so the server sees another client."""
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        return pb_grpc.TranslationServiceStub(channel)
 
     def lines(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]

@@ -171,3 +171,23 @@ def test_a_long_stream_holds_a_bounded_number_of_requests_in_flight(start, serve
     # A thread per request in flight at most: without the bound the Python server had grown
     # to one per request (2,049 threads for a stream of 5,000).
     assert most <= base + 8, (base, most)
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_one_client_holds_at_most_its_share_of_the_queue(start, server):
+    srv = start(server, "--workers", "1", "--max-queue", "64", "--max-queue-per-client", "16")
+    busy = pb.TranslateRequest(sentences=[LONG] * 16, options=pb.DecodingOptions(beam_size=8, max_length=512))
+    running = srv.other_client().Translate.future(busy, timeout=300)  # the only worker decodes it for seconds
+    greedy, short = pb.DecodingOptions(beam_size=1), " ".join(WORDS[:4])
+    ten = pb.TranslateRequest(sentences=[short] * 10, options=greedy)
+    a, b = srv.other_client(), srv.other_client()
+    # Two requests of 10 from one client, at once: whichever comes second passes its share.
+    calls = [a.Translate.future(ten, timeout=300) for _ in range(2)]
+    refused = [c.exception() for c in calls if c.exception() is not None]
+    assert len(refused) == 1, [c.exception() for c in calls]
+    assert refused[0].code() == RE
+    assert refused[0].details() == ("this client has 10 sentences queued; 10 more would pass the 16 one client "
+                                    "may hold of the queue's 64")
+    # Another client finds room in the same queue.
+    assert len(b.Translate(pb.TranslateRequest(sentences=[short] * 16, options=greedy), timeout=300).translations) == 16
+    assert len(running.result().translations) == 16

@@ -223,7 +223,7 @@ def test_expired_deadline_and_cancelled_stream(server, client):
 
 
 def test_a_full_queue_is_resource_exhausted(exports):
-    srv = Server(ServerConfig(models={"m": str(exports["bahdanau"])}, port=0, max_queue=3))
+    srv = Server(ServerConfig(models={"m": str(exports["bahdanau"])}, port=0, max_queue=3, max_queue_per_client=3))
     try:
         c = Client(f"127.0.0.1:{srv.port}")
         with pytest.raises(grpc.RpcError) as e:

@@ -243,7 +243,7 @@ def test_concurrent_clients_get_what_each_would_get_alone_and_share_batches(expo
 
 
 def test_a_full_queue_is_resource_exhausted(exports):
-    proc, port = start_cpp({"m": exports["luong"]}, "--max-queue", "3")
+    proc, port = start_cpp({"m": exports["luong"]}, "--max-queue", "3", "--max-queue-per-client", "3")
     try:
         c = Client(f"127.0.0.1:{port}")
         with pytest.raises(grpc.RpcError) as e:

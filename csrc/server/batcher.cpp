@@ -21,8 +21,10 @@ int64_t Job::cost() const {
   return tokens * opts.beam_size;
 }
 
-Batcher::Batcher(Run run, int64_t max_batch, int64_t max_tokens, double max_delay_s, int64_t max_queue, int workers)
+Batcher::Batcher(Run run, int64_t max_batch, int64_t max_tokens, double max_delay_s, int64_t max_queue, int workers,
+                 int64_t max_per_client)
     : run_(std::move(run)), max_batch_(max_batch), max_tokens_(max_tokens), max_queue_(max_queue),
+      max_per_client_(max_per_client > 0 ? max_per_client : max_queue),
       max_delay_(max_delay_s), workers_(workers) {
   if (max_batch < 1 || max_tokens < 1 || max_delay_s < 0 || max_queue < 1 || workers < 1)
     throw std::invalid_argument("max_batch, max_tokens, max_queue and workers must be positive, max_delay >= 0");
@@ -33,7 +35,8 @@ Batcher::~Batcher() { close(); }
 
 bool Batcher::submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions& opts,
                      std::optional<Clock::time_point> deadline, std::shared_ptr<std::atomic<bool>> cancelled,
-                     const std::function<std::function<void(Outcome)>(size_t, size_t)>& done_for, std::string* why) {
+                     const std::function<std::function<void(Outcome)>(size_t, size_t)>& done_for,
+                     const std::string& client, std::string* why) {
   const int64_t n = static_cast<int64_t>(ids.size());
   std::vector<Job> jobs;
   for (int64_t first = 0; first < n; first += max_batch_) {
@@ -44,6 +47,7 @@ bool Batcher::submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions&
     job.deadline = deadline;
     job.cancelled = cancelled;
     job.done = done_for(first, count);
+    job.client = client;
     jobs.push_back(std::move(job));
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -56,6 +60,15 @@ bool Batcher::submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions&
            " more would pass its limit of " + std::to_string(max_queue_);
     return false;
   }
+  int64_t& held = by_client_[client];
+  if (held + n > max_per_client_) {
+    *why = "this client has " + std::to_string(held) + " sentences queued; " + std::to_string(n) +
+           " more would pass the " + std::to_string(max_per_client_) + " one client may hold of the queue's " +
+           std::to_string(max_queue_);
+    if (held == 0) by_client_.erase(client);
+    return false;
+  }
+  held += n;
   for (auto& job : jobs) queue_.push_back(std::move(job));
   queued_ += n;
   submitted_ += n;
@@ -127,6 +140,7 @@ Batcher::Taken Batcher::take(int64_t answered, uint64_t mark, double last_run) {
     sentences += n;
     cost += it->cost();
     queued_ -= n;
+    if ((by_client_[it->client] -= n) == 0) by_client_.erase(it->client);
     taken.jobs.push_back(std::move(*it));
     it = queue_.erase(it);
   }

@@ -17,6 +17,8 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <map>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -38,6 +40,7 @@ struct Job {
   std::optional<Clock::time_point> deadline;
   std::shared_ptr<std::atomic<bool>> cancelled;  // set by the caller; may be shared by a request's jobs
   std::function<void(Outcome)> done;             // called once, from a worker thread
+  std::string client;                            // whose: the connection's peer address
   Clock::time_point arrived = Clock::now();
   int64_t cost() const;  // (source tokens + <eos>) x beam
 };
@@ -53,15 +56,19 @@ class Batcher {
   // reported abandoned to the search, which stops decoding it at its next step.
   using Run = std::function<std::vector<std::vector<Hypothesis>>(const std::vector<std::vector<int64_t>>&,
                                                                  const DecodeOptions&, const Abandoned&)>;
-  Batcher(Run run, int64_t max_batch, int64_t max_tokens, double max_delay_s, int64_t max_queue, int workers);
+  // max_per_client: the sentences one client may have queued (0: max_queue), so that one
+  // client sending as fast as it can still leaves room for the others.
+  Batcher(Run run, int64_t max_batch, int64_t max_tokens, double max_delay_s, int64_t max_queue, int workers,
+          int64_t max_per_client = 0);
   ~Batcher();
 
   // Splits the sentences into jobs of at most max_batch and queues them; false (and nothing
-  // queued) when they would overflow the queue or the batcher is closed, with the reason.
+  // queued) when they would overflow the queue or the client's share of it, or the batcher is
+  // closed, with the reason.
   bool submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions& opts,
               std::optional<Clock::time_point> deadline, std::shared_ptr<std::atomic<bool>> cancelled,
               const std::function<std::function<void(Outcome)>(size_t first, size_t count)>& done_for,
-              std::string* why);
+              const std::string& client, std::string* why);
   // Finishes what is queued, then stops the workers.
   void close();
   int64_t max_batch() const { return max_batch_; }
@@ -79,12 +86,13 @@ class Batcher {
   void work();
 
   Run run_;
-  const int64_t max_batch_, max_tokens_, max_queue_;
+  const int64_t max_batch_, max_tokens_, max_queue_, max_per_client_;
   const std::chrono::duration<double> max_delay_;
   std::mutex mu_;
   std::condition_variable cond_;
   std::deque<Job> queue_;
   int64_t queued_ = 0;       // sentences waiting
+  std::map<std::string, int64_t> by_client_;  // sentences waiting, per client
   uint64_t submitted_ = 0;   // sentences ever queued
   bool closed_ = false, forming_ = false;
   int64_t running_ = 0, running_sentences_ = 0;

@@ -61,6 +61,7 @@ struct Config {
   std::string host = "127.0.0.1";
   int port = 50051;
   int64_t threads = 1, workers = 0, max_batch = 64, max_batch_tokens = 16384, max_queue = 4096;
+  int64_t max_queue_per_client = 0;  // 0: half of max_queue
   double max_delay_ms = 3.0, grace_s = 10.0;
   double stream_idle_s = 60.0;       // a TranslateStream idle this long, nothing in flight, is ended; 0: never
   int64_t max_stream_pending = 32;   // requests of one TranslateStream in flight at once
@@ -84,6 +85,7 @@ const char* kUsage =
     "  --max-batch-tokens 16384  source tokens x beam per engine batch\n"
     "  --max-delay-ms 3       how long a batch waits for more requests\n"
     "  --max-queue 4096       queued sentences before RESOURCE_EXHAUSTED\n"
+    "  --max-queue-per-client 0  queued sentences one client (a connection) may hold; 0: half of --max-queue\n"
     "  --max-chars 2000 --max-tokens 256 --max-sentences 256 --max-beam 32   per-request limits\n"
     "  --max-request-cost 65536  decoding steps a request may cost: sentences x beam x the longest output\n"
     "                         each may reach; beyond, RESOURCE_EXHAUSTED before it is queued\n"
@@ -209,7 +211,8 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& di
       [engine](const std::vector<std::vector<int64_t>>& s, const DecodeOptions& o, const Abandoned& a) {
         return engine->translate(s, o, a);
       },
-      cfg.max_batch, cfg.max_batch_tokens, cfg.max_delay_ms / 1000, cfg.max_queue, workers);
+      cfg.max_batch, cfg.max_batch_tokens, cfg.max_delay_ms / 1000, cfg.max_queue, workers,
+      cfg.max_queue_per_client > 0 ? cfg.max_queue_per_client : std::max<int64_t>(1, (cfg.max_queue + 1) / 2));
   return m;
 }
 
@@ -675,7 +678,7 @@ class Service final : public pb::TranslationService::Service {
       };
     };
     std::string why;
-    if (!m->batcher->submit(std::move(ids), opts, call_deadline(ctx), cancelled, done_for, &why))
+    if (!m->batcher->submit(std::move(ids), opts, call_deadline(ctx), cancelled, done_for, ctx->peer(), &why))
       return Status(StatusCode::RESOURCE_EXHAUSTED, why);
     *out = call;
     return Status::OK;
@@ -827,6 +830,7 @@ Config parse(int argc, char** argv) {
     else if (flag == "--max-batch-tokens") cfg.max_batch_tokens = parse_integer(flag, value);
     else if (flag == "--max-delay-ms") cfg.max_delay_ms = parse_number(flag, value);
     else if (flag == "--max-queue") cfg.max_queue = parse_integer(flag, value);
+    else if (flag == "--max-queue-per-client") cfg.max_queue_per_client = parse_integer(flag, value);
     else if (flag == "--max-chars") cfg.max_chars = parse_integer(flag, value);
     else if (flag == "--max-tokens") cfg.max_tokens = parse_integer(flag, value);
     else if (flag == "--max-sentences") cfg.max_sentences = parse_integer(flag, value);
@@ -846,6 +850,7 @@ Config parse(int argc, char** argv) {
   if (cfg.models.empty()) throw std::invalid_argument("give at least one --model NAME=EXPORT_DIR");
   if (cfg.port < 0 || cfg.port > 65535) throw std::invalid_argument("--port must be within 0..65535");
   if (cfg.threads < 0 || cfg.workers < 0) throw std::invalid_argument("--threads and --workers must be >= 0");
+  if (cfg.max_queue_per_client < 0) throw std::invalid_argument("--max-queue-per-client must be >= 0 (0: half of --max-queue)");
   if (cfg.max_batch < 1 || cfg.max_batch_tokens < 1 || cfg.max_queue < 1 || cfg.max_delay_ms < 0)
     throw std::invalid_argument("--max-batch, --max-batch-tokens and --max-queue must be positive, --max-delay-ms >= 0");
   if (cfg.max_chars < 1 || cfg.max_tokens < 1 || cfg.max_sentences < 1 || cfg.max_beam < 1 ||
