@@ -465,12 +465,12 @@ def cmd_bench_server(args) -> int:
     from seq2seq.server import loadtest
 
     exp = load_export(args.model)  # a clear error before any server starts
+    split = args.split or ("test_2016_flickr" if exp.data_cfg.corpus == "multi30k" else "test")
     if args.input:
         sentences = read_sources(args)
     else:
         from seq2seq.data import load_dataset
 
-        split = args.split or ("test_2016_flickr" if exp.data_cfg.corpus == "multi30k" else "test")
         sentences = [s for s, _ in load_dataset(exp.data_cfg, [split]).splits[split]]
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
@@ -508,6 +508,24 @@ def cmd_bench_server(args) -> int:
             label = "alone" if name == "alone" else f"beside {r['abusive_clients']} abusive clients"
             print(f"| {label} | {x['requests']} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | {x['p99_ms']:.1f} |")
         print(f"p99 beside them / alone: {r['p99_ratio']:.2f}x (target: at most 2x)")
+        if args.out:
+            Path(args.out).write_text(json.dumps(r, indent=2))
+        return 0
+    if args.evaluate_jobs:
+        if args.server != "python":
+            raise ValueError("--evaluate-jobs: Evaluate runs on the Python server only (--server python)")
+        r = loadtest.evaluate_jobs(args.model, sentences, args.evaluate_jobs, args.seconds, args.max_requests,
+                                   args.beam_size, split, "--threads", str(args.threads),
+                                   "--workers", str(args.workers))
+        print(f"{r['evaluate_jobs']} Evaluate job(s) on the {r['split']} split, beam 5, the C++ engine, each "
+              f"started again as it ends; their calls: {r['evaluate_outcomes']}")
+        print("| one normal client | requests | p50 ms | p90 ms | p99 ms |")
+        print("|---|---:|---:|---:|---:|")
+        for name in ("alone", "loaded"):
+            x = r[name]
+            label = "alone" if name == "alone" else f"beside {r['evaluate_jobs']} Evaluate job(s)"
+            print(f"| {label} | {x['requests']} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | {x['p99_ms']:.1f} |")
+        print(f"p99 beside them / alone: {r['p99_ratio']:.2f}x")
         if args.out:
             Path(args.out).write_text(json.dumps(r, indent=2))
         return 0
@@ -771,6 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--abusive", type=int, default=0, help="instead of the cases: one normal client alone, then "
                    "beside this many clients sending the costliest request the server admits")
     p.add_argument("--max-request-cost", type=int, default=65536, help="with --abusive: the server's limit")
+    p.add_argument("--evaluate-jobs", type=int, default=0, help="instead of the cases: one normal client alone, "
+                   "then beside this many Evaluate jobs (Python server)")
     p.add_argument("--out", help="write the rows here as JSON")
     p.set_defaults(func=cmd_bench_server)
 

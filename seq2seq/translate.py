@@ -78,8 +78,11 @@ class TextTranslator:
         return self.max_source_tokens
 
     def translate(self, sentences: list[str], opts: DecodingOptions = DecodingOptions(),
-                  max_tokens: int = 2000, progress: bool = False, truncate: bool = False) -> list[list[Translation]]:
-        """The n-best translations of each sentence; an empty source gives one empty translation."""
+                  max_tokens: int = 2000, progress: bool = False, truncate: bool = False,
+                  decode=None) -> list[list[Translation]]:
+        """The n-best translations of each sentence; an empty source gives one empty translation.
+        ``decode(ids, opts)`` decodes each batch (default: this translator's decode_ids)."""
+        decode = decode or self.decode_ids
         validate_decoding_options(opts)
         ids = [self.encode(s) for s in sentences]
         limit = self.source_limit()
@@ -99,7 +102,7 @@ class TextTranslator:
             while end < len(order) and (end - start + 1) * (len(ids[order[end]]) + 1) * opts.beam_size <= max_tokens:
                 end += 1
             chunk = order[start:end]
-            for i, hyps in zip(chunk, self.decode_ids([ids[i] for i in chunk], opts)):
+            for i, hyps in zip(chunk, decode([ids[i] for i in chunk], opts)):
                 results[i] = [self.translation(h) for h in hyps]
             bar.update(len(chunk))
             start = end

@@ -43,6 +43,7 @@ class Job:
     opts: DecodingOptions
     deadline: float | None  # time.monotonic() seconds; None: no deadline
     client: str = ""  # whose: the connection's peer address
+    background: bool = False  # a batch job's (Evaluate): runs when no interactive call waits
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
     gone: bool = False  # abandoned by its caller
@@ -51,6 +52,10 @@ class Job:
 
     def cost(self) -> int:
         return sum(len(s) + 1 for s in self.ids) * self.opts.beam_size
+
+    def like(self, other: "Job") -> bool:
+        """Whether the two may share a batch: one search's options, one priority."""
+        return self.opts == other.opts and self.background == other.background
 
     def abandon(self) -> None:
         """Nobody waits for the answer any more (the caller cancelled, its deadline passed):
@@ -89,6 +94,7 @@ class Batcher:
         self._forming = False  # a worker is gathering a batch; the others wait their turn
         self._running = 0  # batches taken by workers and not yet answered
         self._running_sentences = 0
+        self._running_background = 0  # of those batches, background ones
         self.stats = {"batches": 0, "sentences": 0, "abandoned": 0}  # sentences abandoned mid-search
         self.workers = workers
         self._workers = [threading.Thread(target=self._work, name=f"engine-{i}", daemon=True) for i in range(workers)]
@@ -100,10 +106,12 @@ class Batcher:
         return self._queued
 
     def submit(self, ids: list[list[int]], opts: DecodingOptions, deadline: float | None = None,
-               client: str = "") -> list[Job]:
+               client: str = "", background: bool = False) -> list[Job]:
         """Queue the sentences; raises QueueFull when they would overflow the queue or the
-        client's share of it."""
-        jobs = [Job(ids[i:i + self.max_batch], opts, deadline, client) for i in range(0, len(ids), self.max_batch)]
+        client's share of it. Background sentences are batched apart from the others and
+        taken only when no other sentences wait."""
+        jobs = [Job(ids[i:i + self.max_batch], opts, deadline, client, background)
+                for i in range(0, len(ids), self.max_batch)]
         with self._cond:
             if self._closed:
                 raise QueueFull("the server is shutting down")
@@ -130,19 +138,20 @@ class Batcher:
             t.join()
 
     def _take(self, answered: int = 0, mark: int = 0, last_run: float = 0.0) -> list[Job] | None:
-        """The next batch: the oldest job and those compatible with it, or None when closed
-        and drained. One worker gathers at a time. ``answered`` is the number of sentences
+        """The next batch: the oldest interactive job (else the oldest background one) and those
+        that may share its batch, or None when closed and drained. One worker gathers at a
+        time. Background batches take at most all workers but one, so that an interactive
+        call always finds a worker free of them. ``answered`` is the number of sentences
         this worker has just answered, when ``mark`` sentences had been submitted, in a batch
         that took ``last_run`` seconds."""
         with self._cond:
-            while self._forming or not self._queue:
+            while self._forming or (first := self._first()) is None:
                 if self._closed and not self._queue:
                     return None
                 self._cond.wait()
             self._forming = True
             try:
-                first = self._queue[0]
-                ready = self._ready(first.opts)
+                ready = self._ready(first)
                 # The callers just answered usually send their next request within moments: wait
                 # for them as for new ones (for at most a tenth of a batch's time), else the
                 # clients of two workers split into three groups that take turns, one always
@@ -158,10 +167,10 @@ class Batcher:
                     if self._closed or ready >= limit or left <= 0 or self._running == 0:
                         break
                     self._cond.wait(left)
-                    ready = self._ready(first.opts)
+                    ready = self._ready(first)
                 batch, sentences, cost = [], 0, 0
                 for job in list(self._queue):
-                    if job.opts != first.opts:
+                    if not job.like(first):
                         continue
                     if batch and (sentences + len(job.ids) > limit or cost + job.cost() > self.max_tokens):
                         break
@@ -175,13 +184,23 @@ class Batcher:
                     cost += job.cost()
                 self._running_sentences += sentences
                 self._running += 1
+                self._running_background += first.background
                 return batch
             finally:
                 self._forming = False
                 self._cond.notify_all()
 
-    def _ready(self, opts: DecodingOptions) -> int:
-        return sum(len(j.ids) for j in self._queue if j.opts == opts)
+    def _first(self) -> Job | None:
+        """The job the next batch is formed around, or None when none may go now."""
+        interactive = next((j for j in self._queue if not j.background), None)
+        if interactive is not None or not self._queue:
+            return interactive
+        if self._closed or self._running_background < max(1, self.workers - 1):
+            return self._queue[0]
+        return None
+
+    def _ready(self, first: Job) -> int:
+        return sum(len(j.ids) for j in self._queue if j.like(first))
 
     def _fair_share(self, ready: int) -> int:
         """The most sentences the next batch may take: an equal share, per worker, of those
@@ -215,6 +234,7 @@ class Batcher:
             # not find this batch still counted and wait for company.
             with self._cond:
                 self._running -= 1
+                self._running_background -= batch[0].background
                 self._running_sentences -= sum(len(j.ids) for j in batch)
                 answered, mark = live_sentences, self._submitted
                 if live:

@@ -109,6 +109,42 @@ def run_load_cpp(loadgen: str, target: str, sentences: list[str], clients: int, 
     return json.loads(done.stdout)
 
 
+def beside(export: str, sentences: list[str], seconds: float, max_requests: int, beam_size: int,
+           server_args: list[str], binary: str, load, count: int) -> tuple[dict, dict, dict]:
+    """A normal client's latency alone, then beside ``count`` threads each running
+    ``load(target, stop)`` until told to stop; one server for both phases. Returns the two
+    latency summaries and how the load's calls ended (status name -> count)."""
+    proc, port, _ = start_server(export, *server_args, binary=binary)
+    target, outcomes, lock = f"127.0.0.1:{port}", {}, threading.Lock()
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            try:
+                load(target, stop)
+                name = "OK"
+            except grpc.RpcError as e:
+                name = e.code().name
+            with lock:
+                outcomes[name] = outcomes.get(name, 0) + 1
+
+    try:
+        alone = run_load(target, sentences, 1, seconds, max_requests, beam_size)
+        threads = [threading.Thread(target=run) for _ in range(count)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # the load is in the engine
+        loaded = run_load(target, sentences, 1, seconds, max_requests, beam_size)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait()
+    return alone, loaded, outcomes
+
+
 def abusive_clients(export: str, sentences: list[str], abusive: int, seconds: float, max_requests: int,
                     beam_size: int, *server_args: str, binary: str = "", max_cost: int = 65536) -> dict:
     """A normal client's latency alone, then beside ``abusive`` clients that each send, again and
@@ -125,39 +161,39 @@ def abusive_clients(export: str, sentences: list[str], abusive: int, seconds: fl
     beam = max((b for b in range(1, 33) if request_cost(ids, DecodingOptions(beam_size=b, max_length=512)) <= max_cost),
                default=1)
     cost = request_cost(ids, DecodingOptions(beam_size=beam, max_length=512))
-    proc, port, _ = start_server(export, "--max-request-cost", str(max_cost), *server_args, binary=binary)
-    target, outcomes, lock = f"127.0.0.1:{port}", {}, threading.Lock()
-    stop = threading.Event()
 
-    def abuse():
+    def abuse(target, stop):
         client = Client(target, timeout=300)
-        while not stop.is_set():
-            try:
-                client.translate([longest] * 8, beam_size=beam, max_length=512)
-                name = "OK"
-            except grpc.RpcError as e:
-                name = e.code().name
-            with lock:
-                outcomes[name] = outcomes.get(name, 0) + 1
-        client.close()
+        try:
+            client.translate([longest] * 8, beam_size=beam, max_length=512)
+        finally:
+            client.close()
 
-    try:
-        alone = run_load(target, sentences, 1, seconds, max_requests, beam_size)
-        abusers = [threading.Thread(target=abuse) for _ in range(abusive)]
-        for t in abusers:
-            t.start()
-        time.sleep(1.0)  # the abusive requests are in the engine
-        loaded = run_load(target, sentences, 1, seconds, max_requests, beam_size)
-        stop.set()
-        for t in abusers:
-            t.join()
-    finally:
-        stop.set()
-        proc.terminate()
-        proc.wait()
+    alone, loaded, outcomes = beside(export, sentences, seconds, max_requests, beam_size,
+                                     ["--max-request-cost", str(max_cost), *server_args], binary, abuse, abusive)
     return {"alone": alone, "loaded": loaded, "abusive_clients": abusive, "abusive_request":
             {"sentences": 8, "source_tokens": len(ids[0]), "beam_size": beam, "max_length": 512, "cost": cost},
             "abusive_outcomes": outcomes, "p99_ratio": loaded["p99_ms"] / alone["p99_ms"]}
+
+
+def evaluate_jobs(export: str, sentences: list[str], jobs: int, seconds: float, max_requests: int,
+                  beam_size: int, split: str, *server_args: str) -> dict:
+    """A normal client's latency alone, then beside ``jobs`` Evaluate jobs (the C++ engine on
+    the corpus split, beam 5), each started again when it ends. The Python server only: the
+    C++ front end has no Evaluate."""
+    def job(target, stop):
+        client = Client(target, timeout=3600)
+        try:
+            for _ in client.evaluate(split=split, backend="cpp", beam_size=5):
+                if stop.is_set():
+                    break
+        finally:
+            client.close()
+
+    alone, loaded, outcomes = beside(export, sentences, seconds, max_requests, beam_size, list(server_args), "",
+                                     job, jobs)
+    return {"alone": alone, "loaded": loaded, "evaluate_jobs": jobs, "split": split,
+            "evaluate_outcomes": outcomes, "p99_ratio": loaded["p99_ms"] / alone["p99_ms"]}
 
 
 def one_client_overhead(export: str, sentences: list[str], beam_size: int, n: int = 300, threads: int = 1,

@@ -379,6 +379,15 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         with self.metrics.observe("Evaluate", context, request.request_id, len(request.sources)):
             yield from self._evaluate(request, context)
 
+    @staticmethod
+    def _background(model, context):
+        """Decodes a batch of an Evaluate job through the model's batcher, at background priority."""
+        def decode(ids, opts):
+            jobs = model.batcher.submit(ids, opts, client=context.peer(), background=True)
+            context.add_callback(lambda: [job.abandon() for job in jobs])
+            return [hyps for job in jobs for hyps in job.future.result()]
+        return decode
+
     def _evaluate(self, request, context):
         from seq2seq.evaluate import grouped_references, task_options, task_scores
 
@@ -412,10 +421,21 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         for backend in backends:
             translator = model.translator if backend == "cpp" else model.python()
             started, nbest = time.perf_counter(), []
+            # The engine's share goes through the model's batcher behind every interactive call,
+            # so a batch job cannot starve them; the Python reference has no batcher to go through.
+            decode = self._background(model, context) if backend == "cpp" else None
             for i in range(0, len(srcs), 64):
                 if not context.is_active():
                     return
-                nbest += translator.translate(srcs[i:i + 64], opts)
+                try:
+                    nbest += translator.translate(srcs[i:i + 64], opts, max_tokens=16384, decode=decode)
+                except QueueFull as e:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+                except (CancelledError, Abandoned):
+                    return  # the caller has gone
+                except ValueError as e:  # a source over the model's limit
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"among sentences {i + 1}..{min(i + 64, len(srcs))} of the job: {e}")
                 yield pb.EvaluateEvent(progress=pb.Progress(backend=backend, done=len(nbest), total=len(srcs)))
             seconds = time.perf_counter() - started
             s = task_scores(model.task, nbest, srcs, refs)

@@ -266,6 +266,56 @@ def test_batcher_bounds_its_queue_and_skips_cancelled_jobs():
     assert [6] not in seen and [8] in seen
 
 
+def test_background_sentences_wait_for_interactive_ones_and_batch_apart():
+    release, calls = threading.Event(), []
+
+    def record(ids, opts, abandoned=None):
+        release.wait(10)
+        calls.append(sorted(s[0] for s in ids))
+        return [[None] for _ in ids]
+
+    batcher = Batcher(record, max_batch=8, max_delay=0, workers=1)
+    first = batcher.submit([[5]], DecodingOptions())  # taken by the only worker, which then waits
+    taken(batcher)
+    later = [batcher.submit([[6], [7]], DecodingOptions(), background=True),
+             batcher.submit([[8]], DecodingOptions()), batcher.submit([[9]], DecodingOptions(), background=True),
+             batcher.submit([[10]], DecodingOptions())]
+    release.set()
+    for jobs in [first, *later]:
+        jobs[0].future.result(5)
+    batcher.close()
+    # The interactive sentences, queued after the background ones, went first, in a batch of their own.
+    assert calls == [[5], [8, 10], [6, 7, 9]]
+
+
+def test_background_batches_leave_a_worker_to_interactive_calls():
+    release, calls = threading.Event(), []
+
+    def record(ids, opts, abandoned=None):
+        calls.append(sorted(s[0] for s in ids))
+        release.wait(10)
+        return [[None] for _ in ids]
+
+    batcher = Batcher(record, max_batch=1, max_delay=0, workers=2)
+    background = batcher.submit([[5], [6]], DecodingOptions(), background=True)  # two batches of one
+    taken(batcher)
+    time.sleep(0.2)  # time for the second worker to take the other, which it must not
+    with batcher._cond:
+        assert batcher._running == 1
+    interactive = batcher.submit([[7]], DecodingOptions())
+    taken(batcher, 2)  # the free worker takes the interactive call at once
+    for _ in range(1000):
+        if len(calls) == 2:
+            break
+        time.sleep(0.01)
+    assert calls == [[5], [7]]
+    release.set()
+    for job in [*background, *interactive]:
+        job.future.result(5)
+    batcher.close()
+    assert calls == [[5], [7], [6]]
+
+
 def test_batches_hold_only_requests_with_the_same_options():
     release, calls = threading.Event(), []
 
