@@ -379,12 +379,14 @@ def cmd_serve(args) -> int:
     from seq2seq.server.service import Limits, model_paths
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if args.background_cost < 1:
+        raise ValueError(f"--background-cost must be positive, got {args.background_cost}")
     limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens, max_sentences=args.max_sentences,
                     max_beam=args.max_beam, max_cost=args.max_request_cost)
     cfg = ServerConfig(models=model_paths(args.model), host=args.host, port=args.port, threads=args.threads,
                        compute_type=args.compute_type, workers=args.workers, max_batch=args.max_batch,
                        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
-                       max_queue_per_client=args.max_queue_per_client,
+                       max_queue_per_client=args.max_queue_per_client, background_cost=args.background_cost,
                        max_message_bytes=args.max_message_bytes, limits=limits,
                        token=bearer_token(args.token, args.token_file), tls_cert=args.tls_cert,
                        tls_key=args.tls_key, metrics_port=args.metrics_port, data_dir=args.data_dir,
@@ -736,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, help="sentences per engine batch")
     p.add_argument("--max-delay-ms", type=float, default=3.0, help="how long a batch waits for more requests")
     p.add_argument("--max-queue", type=int, default=4096, help="queued sentences before RESOURCE_EXHAUSTED")
+    p.add_argument("--background-cost", type=int, default=4096,
+                   help="requests that could cost more decoding steps (sentences x beam x the longest output) wait "
+                        "behind cheaper ones and run on at most all engine workers but one")
     p.add_argument("--max-queue-per-client", type=int, default=0,
                    help="queued sentences one client (a connection) may hold; 0: half of --max-queue")
     p.add_argument("--max-chars", type=int, default=2000, help="characters per sentence")

@@ -57,6 +57,9 @@ class ServerConfig:
     rpc_threads: int = 128  # translation calls handled at once (health and reflection are not counted)
     stream_idle_s: float = 60.0  # a TranslateStream idle this long, nothing in flight, is ended; 0: never
     max_stream_pending: int = 32  # requests of one TranslateStream in flight at once
+    # Requests that could cost more decoding steps wait behind cheaper ones and run on at most
+    # all workers but one, as Evaluate's sentences do: a costly request cannot hold every worker.
+    background_cost: int = 4096
     limits: Limits = field(default_factory=Limits)
     token: str = ""  # a bearer token every call must carry; empty: none
     tls_cert: str = ""
@@ -294,7 +297,8 @@ class Server:
             raise OSError(f"cannot listen on {address} (in use?)")
         self.models = {}
         self.service = TranslationService(self.models, cfg.limits, self.metrics, cfg.data_dir,
-                                          cfg.max_message_bytes, cfg.stream_idle_s, cfg.max_stream_pending)
+                                          cfg.max_message_bytes, cfg.stream_idle_s, cfg.max_stream_pending,
+                                          cfg.background_cost)
         pb_grpc.add_TranslationServiceServicer_to_server(self.service, self.grpc)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
         # Health answers NOT_SERVING while the models load.

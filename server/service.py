@@ -215,8 +215,9 @@ def hypothesis(h, scores: bool):
 class TranslationService(pb_grpc.TranslationServiceServicer):
     def __init__(self, models: dict[str, Model], limits: Limits = Limits(), metrics: Metrics | None = None,
                  data_dir: str = "", max_message_bytes: int = 4 * 2**20, stream_idle_s: float = 60.0,
-                 max_stream_pending: int = 32):
+                 max_stream_pending: int = 32, background_cost: int = 4096):
         self.models, self.limits, self.data_dir = models, limits, data_dir
+        self.background_cost = background_cost
         self.stream_idle_s, self.max_stream_pending = stream_idle_s, max_stream_pending
         self.max_message_bytes = max_message_bytes  # gRPC refuses to send a larger message
         self.metrics = metrics or Metrics(None)
@@ -278,7 +279,8 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         remaining = context.time_remaining()  # None, or near-infinite, when the caller set no deadline
         deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e7 else None
         try:
-            jobs = model.batcher.submit(ids, opts, deadline, client=context.peer())
+            jobs = model.batcher.submit(ids, opts, deadline, client=context.peer(),
+                                        background=cost > self.background_cost)
         except QueueFull as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         self.metrics.set_queue_depth(model.name, model.batcher.queued)

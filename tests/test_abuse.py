@@ -191,3 +191,17 @@ def test_one_client_holds_at_most_its_share_of_the_queue(start, server):
     # Another client finds room in the same queue.
     assert len(b.Translate(pb.TranslateRequest(sentences=[short] * 16, options=greedy), timeout=300).translations) == 16
     assert len(running.result().translations) == 16
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_costly_requests_leave_a_worker_to_cheap_ones(start, server):
+    srv = start(server, "--workers", "2", "--background-cost", "4096")
+    costly = [srv.other_client().Translate.future(SLOW, timeout=300) for _ in range(2)]
+    threading.Event().wait(0.5)  # the costly requests reach the workers
+    cheap = pb.TranslateRequest(sentences=[" ".join(WORDS[:4])], options=pb.DecodingOptions(beam_size=2))
+    for _ in range(3):
+        assert len(srv.stub.Translate(cheap, timeout=60).translations) == 1
+    # Both costly requests (seconds each) could have held both workers, and the cheap ones
+    # waited for one of them to end; one worker stayed free of them.
+    assert not any(f.done() for f in costly), "a costly request ended before the cheap ones"
+    assert all(len(f.result().translations) == 64 for f in costly)

@@ -36,7 +36,7 @@ Batcher::~Batcher() { close(); }
 bool Batcher::submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions& opts,
                      std::optional<Clock::time_point> deadline, std::shared_ptr<std::atomic<bool>> cancelled,
                      const std::function<std::function<void(Outcome)>(size_t, size_t)>& done_for,
-                     const std::string& client, std::string* why) {
+                     const std::string& client, std::string* why, bool background) {
   const int64_t n = static_cast<int64_t>(ids.size());
   std::vector<Job> jobs;
   for (int64_t first = 0; first < n; first += max_batch_) {
@@ -48,6 +48,7 @@ bool Batcher::submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions&
     job.cancelled = cancelled;
     job.done = done_for(first, count);
     job.client = client;
+    job.background = background;
     jobs.push_back(std::move(job));
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -96,10 +97,19 @@ BatcherStats Batcher::stats() {
   return stats_;
 }
 
-int64_t Batcher::ready(const DecodeOptions& opts) const {
+// Whether two jobs may share a batch: one search's options, one priority.
+static bool alike(const Job& a, const Job& b) { return a.background == b.background && same_options(a.opts, b.opts); }
+
+std::deque<Job>::iterator Batcher::first() {
+  const auto interactive = std::find_if(queue_.begin(), queue_.end(), [](const Job& j) { return !j.background; });
+  if (interactive != queue_.end() || queue_.empty()) return interactive;
+  return closed_ || running_background_ < std::max(1, workers_ - 1) ? queue_.begin() : queue_.end();
+}
+
+int64_t Batcher::ready(const Job& first) const {
   int64_t n = 0;
   for (const auto& job : queue_)
-    if (same_options(job.opts, opts)) n += static_cast<int64_t>(job.ids.size());
+    if (alike(job, first)) n += static_cast<int64_t>(job.ids.size());
   return n;
 }
 
@@ -111,11 +121,19 @@ int64_t Batcher::fair_share(int64_t ready) const {
 
 Batcher::Taken Batcher::take(int64_t answered, uint64_t mark, double last_run) {
   std::unique_lock<std::mutex> lock(mu_);
-  cond_.wait(lock, [&] { return (!forming_ && !queue_.empty()) || (closed_ && queue_.empty()); });
+  // Background batches take at most all workers but one: an interactive call always finds a
+  // worker free of them.
+  cond_.wait(lock, [&] { return (!forming_ && first() != queue_.end()) || (closed_ && queue_.empty()); });
   if (queue_.empty()) return {{}, true};
   forming_ = true;
-  const DecodeOptions opts = queue_.front().opts;
-  auto until = queue_.front().arrived + std::chrono::duration_cast<Clock::duration>(max_delay_);
+  Job model;  // what the batch's jobs must be like (the first may leave the queue meanwhile)
+  {
+    const auto it = first();
+    model.opts = it->opts;
+    model.background = it->background;
+    model.arrived = it->arrived;
+  }
+  auto until = model.arrived + std::chrono::duration_cast<Clock::duration>(max_delay_);
   if (answered) {
     const auto wait = std::max(max_delay_, std::chrono::duration<double>(last_run / 10));
     until = std::max(until, Clock::now() + std::chrono::duration_cast<Clock::duration>(wait));
@@ -123,7 +141,7 @@ Batcher::Taken Batcher::take(int64_t answered, uint64_t mark, double last_run) {
   int64_t limit = 0;
   for (;;) {
     const int64_t returning = std::max<int64_t>(0, answered - static_cast<int64_t>(submitted_ - mark));
-    const int64_t have = ready(opts);
+    const int64_t have = ready(model);
     limit = fair_share(have + returning);
     if (closed_ || have >= limit || Clock::now() >= until || running_ == 0) break;
     cond_.wait_until(lock, until);
@@ -131,7 +149,7 @@ Batcher::Taken Batcher::take(int64_t answered, uint64_t mark, double last_run) {
   Taken taken;
   int64_t sentences = 0, cost = 0;
   for (auto it = queue_.begin(); it != queue_.end();) {
-    if (!same_options(it->opts, opts)) {
+    if (!alike(*it, model)) {
       ++it;
       continue;
     }
@@ -146,6 +164,7 @@ Batcher::Taken Batcher::take(int64_t answered, uint64_t mark, double last_run) {
   }
   running_sentences_ += sentences;
   ++running_;
+  running_background_ += model.background;
   forming_ = false;
   cond_.notify_all();
   return taken;
@@ -200,6 +219,7 @@ void Batcher::work() {
       // not find this batch still counted and wait for company.
       std::lock_guard<std::mutex> lock(mu_);
       --running_;
+      running_background_ -= !taken.jobs.empty() && taken.jobs.front().background;
       running_sentences_ -= taken_sentences;
       answered = live_sentences;
       mark = submitted_;

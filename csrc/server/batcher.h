@@ -41,6 +41,7 @@ struct Job {
   std::shared_ptr<std::atomic<bool>> cancelled;  // set by the caller; may be shared by a request's jobs
   std::function<void(Outcome)> done;             // called once, from a worker thread
   std::string client;                            // whose: the connection's peer address
+  bool background = false;                       // runs when no interactive job waits (a costly request)
   Clock::time_point arrived = Clock::now();
   int64_t cost() const;  // (source tokens + <eos>) x beam
 };
@@ -68,7 +69,7 @@ class Batcher {
   bool submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions& opts,
               std::optional<Clock::time_point> deadline, std::shared_ptr<std::atomic<bool>> cancelled,
               const std::function<std::function<void(Outcome)>(size_t first, size_t count)>& done_for,
-              const std::string& client, std::string* why);
+              const std::string& client, std::string* why, bool background = false);
   // Finishes what is queued, then stops the workers.
   void close();
   int64_t max_batch() const { return max_batch_; }
@@ -81,7 +82,10 @@ class Batcher {
     bool closed = false;
   };
   Taken take(int64_t answered, uint64_t mark, double last_run);
-  int64_t ready(const DecodeOptions& opts) const;
+  // The job the next batch forms around: the oldest interactive one, else the oldest background
+  // one while background batches hold fewer than all workers but one; queue_.end() when none.
+  std::deque<Job>::iterator first();
+  int64_t ready(const Job& first) const;
   int64_t fair_share(int64_t ready) const;
   void work();
 
@@ -95,7 +99,7 @@ class Batcher {
   std::map<std::string, int64_t> by_client_;  // sentences waiting, per client
   uint64_t submitted_ = 0;   // sentences ever queued
   bool closed_ = false, forming_ = false;
-  int64_t running_ = 0, running_sentences_ = 0;
+  int64_t running_ = 0, running_sentences_ = 0, running_background_ = 0;
   BatcherStats stats_;
   const int workers_;
   std::vector<std::thread> threads_;

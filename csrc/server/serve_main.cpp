@@ -68,6 +68,7 @@ struct Config {
   std::string compute_type = "float32";
   int64_t max_chars = 2000, max_tokens = 256, max_sentences = 256, max_beam = 32, max_length = 512;
   int64_t max_request_cost = 65536;  // server/service.py's Limits.max_cost
+  int64_t background_cost = 4096;    // costlier requests wait behind cheaper ones (ServerConfig.background_cost)
   int64_t max_message_bytes = 4 << 20, rpc_threads = 128;
   int64_t max_source_tokens = 1024;  // as the Python Engine's
   std::string token, tls_cert, tls_key;
@@ -87,6 +88,7 @@ const char* kUsage =
     "  --max-queue 4096       queued sentences before RESOURCE_EXHAUSTED\n"
     "  --max-queue-per-client 0  queued sentences one client (a connection) may hold; 0: half of --max-queue\n"
     "  --max-chars 2000 --max-tokens 256 --max-sentences 256 --max-beam 32   per-request limits\n"
+    "  --background-cost 4096 costlier requests wait behind cheaper ones and run on all workers but one\n"
     "  --max-request-cost 65536  decoding steps a request may cost: sentences x beam x the longest output\n"
     "                         each may reach; beyond, RESOURCE_EXHAUSTED before it is queued\n"
     "  --max-message-bytes 4194304\n"
@@ -678,7 +680,9 @@ class Service final : public pb::TranslationService::Service {
       };
     };
     std::string why;
-    if (!m->batcher->submit(std::move(ids), opts, call_deadline(ctx), cancelled, done_for, ctx->peer(), &why))
+    const bool background = cost > cfg_.background_cost;
+    if (!m->batcher->submit(std::move(ids), opts, call_deadline(ctx), cancelled, done_for, ctx->peer(), &why,
+                            background))
       return Status(StatusCode::RESOURCE_EXHAUSTED, why);
     *out = call;
     return Status::OK;
@@ -836,6 +840,7 @@ Config parse(int argc, char** argv) {
     else if (flag == "--max-sentences") cfg.max_sentences = parse_integer(flag, value);
     else if (flag == "--max-beam") cfg.max_beam = parse_integer(flag, value);
     else if (flag == "--max-request-cost") cfg.max_request_cost = parse_integer(flag, value);
+    else if (flag == "--background-cost") cfg.background_cost = parse_integer(flag, value);
     else if (flag == "--max-message-bytes") cfg.max_message_bytes = parse_integer(flag, value);
     else if (flag == "--rpc-threads") cfg.rpc_threads = parse_integer(flag, value);
     else if (flag == "--token") cfg.token = value;
@@ -854,8 +859,9 @@ Config parse(int argc, char** argv) {
   if (cfg.max_batch < 1 || cfg.max_batch_tokens < 1 || cfg.max_queue < 1 || cfg.max_delay_ms < 0)
     throw std::invalid_argument("--max-batch, --max-batch-tokens and --max-queue must be positive, --max-delay-ms >= 0");
   if (cfg.max_chars < 1 || cfg.max_tokens < 1 || cfg.max_sentences < 1 || cfg.max_beam < 1 ||
-      cfg.max_message_bytes < 1 || cfg.rpc_threads < 1 || cfg.max_request_cost < 1 || cfg.max_stream_pending < 1)
-    throw std::invalid_argument("the --max-* limits and --rpc-threads must be positive");
+      cfg.max_message_bytes < 1 || cfg.rpc_threads < 1 || cfg.max_request_cost < 1 || cfg.max_stream_pending < 1 ||
+      cfg.background_cost < 1)
+    throw std::invalid_argument("the --max-* limits, --background-cost and --rpc-threads must be positive");
   if (!(cfg.stream_idle_s >= 0)) throw std::invalid_argument("--stream-idle-s must be >= 0 (0: never)");
   if (cfg.tls_cert.empty() != cfg.tls_key.empty()) throw std::invalid_argument("TLS needs both --tls-cert and --tls-key");
   if (!cfg.tls_cert.empty()) check_tls(cfg);
