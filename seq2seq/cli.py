@@ -300,6 +300,7 @@ def ctranslate2_backends(model: str, types: list[str], threads: int, folder: Pat
     """CTranslate2 on the export converted per compute type it has (float32, int8), with one
     intra-op thread and with `threads`: which is faster at batch 1 depends on the machine
     (docs/bench.md), and the ratios take the faster."""
+    from seq2seq.bench import Isolated
     from seq2seq.convert import CTranslate2Decoder, convert_to_ctranslate2
     from seq2seq.export import is_export
 
@@ -310,7 +311,8 @@ def ctranslate2_backends(model: str, types: list[str], threads: int, folder: Pat
         out = convert_to_ctranslate2(model, folder / f"ctranslate2-{t}", quantization=t)
         for n in sorted({1, threads}):
             # exact_scores=False: the search alone, as the engine's timings are
-            backends[f"ct2 {t} {n}t"] = CTranslate2Decoder(out, compute_type=t, intra_threads=n, exact_scores=False)
+            backends[f"ct2 {t} {n}t"] = Isolated(CTranslate2Decoder, model_dir=out, compute_type=t, intra_threads=n,
+                                                 exact_scores=False)
     return backends
 
 
@@ -339,36 +341,36 @@ def cmd_bench(args) -> int:
             translators["python"] = load_backend("python", args.model, "cpu", args.threads, Path(tmp))
         if args.against == "ctranslate2":
             translators.update(ctranslate2_backends(args.model, types, torch.get_num_threads(), Path(tmp)))
-    first = next(iter(translators.values()))
-    if args.input:
-        split = args.input
-        texts = read_sources(args)[: args.sentences]
-    else:
-        split = args.split or ("test_2016_flickr" if first.data_cfg.corpus == "multi30k" else "test")
-        texts = [s for s, _ in load_dataset(first.data_cfg, [split]).splits[split][: args.sentences]]
-    sources = [ids for ids in (first.encode(s) for s in texts) if ids]
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"{len(sources)} sentences of {split}; {cpu}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
-    opts = decoding_options(args)
-    if args.against and opts.length_penalty == "gnmt":
-        # CTranslate2's beam search has no GNMT penalty; none is the one both rank alike.
-        opts = replace(opts, length_penalty="none")
-        print("length_penalty none for every backend: CTranslate2 has no gnmt penalty")
-    results = bench.bench(translators, sources, cases, opts)
-    model = (translators.get("python") or first).model
-    limit_lines = bench.limits(first.model_cfg, model, sources, results, cases)
-    table = bench.markdown(results, cases)
-    print("\n" + table + "\n" + "\n".join(limit_lines))
-    if args.out:
-        for row in results.values():
-            for r in row.values():
-                r.pop("outputs")
-        Path(args.out).write_text(json.dumps({"model": args.model, "split": split, "sentences": len(sources),
-                                              "cpu": cpu, "threads": torch.get_num_threads(),
-                                              "results": results,
-                                              "limits": limit_lines}, indent=1) + "\n")
+        first = next(iter(translators.values()))
+        if args.input:
+            split = args.input
+            texts = read_sources(args)[: args.sentences]
+        else:
+            split = args.split or ("test_2016_flickr" if first.data_cfg.corpus == "multi30k" else "test")
+            texts = [s for s, _ in load_dataset(first.data_cfg, [split]).splits[split][: args.sentences]]
+        sources = [ids for ids in (first.encode(s) for s in texts) if ids]
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   platform.processor())
+        print(f"{len(sources)} sentences of {split}; {cpu}, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}")
+        opts = decoding_options(args)
+        if args.against and opts.length_penalty == "gnmt":
+            # CTranslate2's beam search has no GNMT penalty; none is the one both rank alike.
+            opts = replace(opts, length_penalty="none")
+            print("length_penalty none for every backend: CTranslate2 has no gnmt penalty")
+        results = bench.bench(translators, sources, cases, opts)
+        model = (translators.get("python") or first).model
+        limit_lines = bench.limits(first.model_cfg, model, sources, results, cases)
+        table = bench.markdown(results, cases)
+        print("\n" + table + "\n" + "\n".join(limit_lines))
+        if args.out:
+            for row in results.values():
+                for r in row.values():
+                    r.pop("outputs")
+            Path(args.out).write_text(json.dumps({"model": args.model, "split": split, "sentences": len(sources),
+                                                  "cpu": cpu, "threads": torch.get_num_threads(),
+                                                  "results": results,
+                                                  "limits": limit_lines}, indent=1) + "\n")
     return 0
 
 
