@@ -178,6 +178,7 @@ def test_one_client_holds_at_most_its_share_of_the_queue(start, server):
     srv = start(server, "--workers", "1", "--max-queue", "64", "--max-queue-per-client", "16")
     busy = pb.TranslateRequest(sentences=[LONG] * 16, options=pb.DecodingOptions(beam_size=8, max_length=512))
     running = srv.other_client().Translate.future(busy, timeout=300)  # the only worker decodes it for seconds
+    threading.Event().wait(0.5)  # it reaches the worker before the client below sends anything
     greedy, short = pb.DecodingOptions(beam_size=1), " ".join(WORDS[:4])
     ten = pb.TranslateRequest(sentences=[short] * 10, options=greedy)
     a, b = srv.other_client(), srv.other_client()
