@@ -146,7 +146,13 @@ class BearerToken(grpc.ServerInterceptor):
     def __init__(self, token: str):
         self.expected = f"Bearer {token}".encode()
 
+    # Health checks come from load balancers and orchestrators, which carry no token, and
+    # reflection tells only what the proto file says; seq2seq-serve leaves both open too.
+    OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
     def intercept_service(self, continuation, details):
+        if details.method.startswith(self.OPEN):
+            return continuation(details)
         given = [value for key, value in details.invocation_metadata if key == "authorization"]
         if len(given) == 1 and hmac.compare_digest(given[0].encode(), self.expected):
             return continuation(details)

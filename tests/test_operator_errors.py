@@ -249,6 +249,21 @@ def test_two_authorization_entries_are_refused_alike(guarded, entries):
     assert call(port, metadata=metadata) == (grpc.StatusCode.UNAUTHENTICATED, TWO_AUTHORIZATIONS)
 
 
+def test_health_and_reflection_need_no_token(guarded):
+    """Both servers alike: a load balancer's health check carries no token."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    _, port, _ = guarded
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        asked = reflection_pb2.ServerReflectionRequest(list_services="")
+        (answer,) = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([asked]), timeout=30)
+        assert "seq2seq.v1.TranslationService" in [s.name for s in answer.list_services_response.service]
+    assert call(port) == (grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)  # the service itself needs it
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_unknown_method_needs_the_token_first(guarded, stream):
     _, port, _ = guarded
