@@ -461,6 +461,19 @@ def cmd_client(args) -> int:
     return 0
 
 
+def print_beside(r: dict, loaded: str, target: str, out: str | None) -> int:
+    """The table of a normal client alone and beside a load (server/loadtest.py: beside)."""
+    print("| one normal client | requests | p50 ms | p90 ms | p99 ms |")
+    print("|---|---:|---:|---:|---:|")
+    for name, label in (("alone", "alone"), ("loaded", loaded)):
+        x = r[name]
+        print(f"| {label} | {x['requests']} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | {x['p99_ms']:.1f} |")
+    print(f"p99 beside them / alone: {r['p99_ratio']:.2f}x{target}")
+    if out:
+        Path(out).write_text(json.dumps(r, indent=2))
+    return 0
+
+
 def cmd_bench_server(args) -> int:
     import json
     import statistics
@@ -505,34 +518,15 @@ def cmd_bench_server(args) -> int:
         print(f"abusive request: {a['sentences']} x {a['source_tokens']} tokens, beam {a['beam_size']}, max_length "
               f"{a['max_length']}: cost {a['cost']} (--max-request-cost {args.max_request_cost}); "
               f"{r['abusive_clients']} such clients; their calls: {r['abusive_outcomes']}")
-        print("| one normal client | requests | p50 ms | p90 ms | p99 ms |")
-        print("|---|---:|---:|---:|---:|")
-        for name in ("alone", "loaded"):
-            x = r[name]
-            label = "alone" if name == "alone" else f"beside {r['abusive_clients']} abusive clients"
-            print(f"| {label} | {x['requests']} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | {x['p99_ms']:.1f} |")
-        print(f"p99 beside them / alone: {r['p99_ratio']:.2f}x (target: at most 2x)")
-        if args.out:
-            Path(args.out).write_text(json.dumps(r, indent=2))
-        return 0
+        return print_beside(r, f"beside {r['abusive_clients']} abusive clients", " (target: at most 2x)", args.out)
     if args.evaluate_jobs:
         if args.server != "python":
             raise ValueError("--evaluate-jobs: Evaluate runs on the Python server only (--server python)")
         r = loadtest.evaluate_jobs(args.model, sentences, args.evaluate_jobs, args.seconds, args.max_requests,
-                                   args.beam_size, split, "--threads", str(args.threads),
-                                   "--workers", str(args.workers))
-        print(f"{r['evaluate_jobs']} Evaluate job(s) on the {r['split']} split, beam 5, the C++ engine, each "
-              f"started again as it ends; their calls: {r['evaluate_outcomes']}")
-        print("| one normal client | requests | p50 ms | p90 ms | p99 ms |")
-        print("|---|---:|---:|---:|---:|")
-        for name in ("alone", "loaded"):
-            x = r[name]
-            label = "alone" if name == "alone" else f"beside {r['evaluate_jobs']} Evaluate job(s)"
-            print(f"| {label} | {x['requests']} | {x['p50_ms']:.1f} | {x['p90_ms']:.1f} | {x['p99_ms']:.1f} |")
-        print(f"p99 beside them / alone: {r['p99_ratio']:.2f}x")
-        if args.out:
-            Path(args.out).write_text(json.dumps(r, indent=2))
-        return 0
+                                   args.beam_size, "--threads", str(args.threads), "--workers", str(args.workers))
+        print(f"{r['evaluate_jobs']} Evaluate job(s) of the {r['job_sentences']} sentences, beam 5, the C++ engine, "
+              f"each started again as it ends; their calls: {r['evaluate_outcomes']}")
+        return print_beside(r, f"beside {r['evaluate_jobs']} Evaluate job(s)", "", args.out)
     rows = loadtest.bench_server(args.model, sentences, clients, batches, args.seconds, args.max_requests,
                                  args.beam_size, args.threads, args.compute_type, args.workers, args.max_delay_ms,
                                  binary=binary, rounds=args.rounds, loadgen=loadgen)

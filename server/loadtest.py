@@ -177,14 +177,15 @@ def abusive_clients(export: str, sentences: list[str], abusive: int, seconds: fl
 
 
 def evaluate_jobs(export: str, sentences: list[str], jobs: int, seconds: float, max_requests: int,
-                  beam_size: int, split: str, *server_args: str) -> dict:
-    """A normal client's latency alone, then beside ``jobs`` Evaluate jobs (the C++ engine on
-    the corpus split, beam 5), each started again when it ends. The Python server only: the
-    C++ front end has no Evaluate."""
+                  beam_size: int, *server_args: str) -> dict:
+    """A normal client's latency alone, then beside ``jobs`` Evaluate jobs over the same
+    sentences (the C++ engine, beam 5; each sentence its own reference, since only the load
+    matters here), each started again when it ends. The Python server only: the C++ front
+    end has no Evaluate."""
     def job(target, stop):
         client = Client(target, timeout=3600)
         try:
-            for _ in client.evaluate(split=split, backend="cpp", beam_size=5):
+            for _ in client.evaluate(sources=sentences, references=sentences, backend="cpp", beam_size=5):
                 if stop.is_set():
                     break
         finally:
@@ -192,7 +193,7 @@ def evaluate_jobs(export: str, sentences: list[str], jobs: int, seconds: float, 
 
     alone, loaded, outcomes = beside(export, sentences, seconds, max_requests, beam_size, list(server_args), "",
                                      job, jobs)
-    return {"alone": alone, "loaded": loaded, "evaluate_jobs": jobs, "split": split,
+    return {"alone": alone, "loaded": loaded, "evaluate_jobs": jobs, "job_sentences": len(sentences),
             "evaluate_outcomes": outcomes, "p99_ratio": loaded["p99_ms"] / alone["p99_ms"]}
 
 

@@ -704,3 +704,18 @@ def test_bench_server_measures_a_client_beside_abusive_ones(exports, tmp_path, c
     assert 0 < r["alone"]["requests"] <= 20 and 0 < r["loaded"]["requests"] <= 20
     assert r["p99_ratio"] == pytest.approx(r["loaded"]["p99_ms"] / r["alone"]["p99_ms"])
     assert "| beside 2 abusive clients |" in printed and "p99 beside them / alone" in printed
+
+
+def test_bench_server_measures_a_client_beside_evaluate_jobs(exports, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench_server(exports, tmp_path, 10, "--evaluate-jobs", "2", "--seconds", "2", "--max-requests", "20",
+                        "--beam-size", "1") == 0
+    printed = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["evaluate_jobs"] == 2 and r["job_sentences"] == 10
+    assert r["evaluate_outcomes"].get("OK", 0) >= 1 and set(r["evaluate_outcomes"]) <= {"OK", "CANCELLED"}
+    assert 0 < r["alone"]["requests"] <= 20 and 0 < r["loaded"]["requests"] <= 20
+    assert r["p99_ratio"] == pytest.approx(r["loaded"]["p99_ms"] / r["alone"]["p99_ms"])
+    assert "| beside 2 Evaluate job(s) |" in printed and "p99 beside them / alone" in printed
+    assert bench_server(exports, tmp_path, 10, "--evaluate-jobs", "1", "--server", "cpp") == 2
+    assert "Evaluate runs on the Python server only" in capsys.readouterr().err
