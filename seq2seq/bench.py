@@ -229,9 +229,9 @@ def markdown(results: dict, cases: list[Case]) -> str:
 class Isolated:
     """A backend built and measured in a process of its own, one per case: ``make(**kwargs)``
     there. CTranslate2 bundles its own OpenMP runtime, and once its threads had run, the
-    engine in the same process decoded 3x slower until the process ended (Tatoeba
-    Transformer, beam 5, batch 1, 2 threads: 54 -> 16 sentences/s after CTranslate2 with two
-    threads, 55 -> 37 after one), so peers are timed apart from the engine and each other."""
+    engine in the same process decoded up to 3x slower until the process ended
+    (benchmarks/ctranslate2_interference.py, docs/bench.md), so peers are timed apart from
+    the engine and each other."""
 
     def __init__(self, make, **kwargs):
         self.make, self.kwargs = make, kwargs
