@@ -250,17 +250,30 @@ def _run_isolated(make, kwargs: dict, sources, case: Case, opts: DecodingOptions
     return run_case(make(**kwargs), sources, case, opts)
 
 
-def bench(translators: dict, sources: list[list[int]], cases: list[Case], opts: DecodingOptions, log=print) -> dict:
-    """results[case][backend] for every case and backend; identical outputs are counted."""
+def bench(translators: dict, sources: list[list[int]], cases: list[Case], opts: DecodingOptions, log=print,
+          rounds: int = 1) -> dict:
+    """results[case][backend] for every case and backend; identical outputs are counted.
+
+    With several rounds the backends take turns (engine, reference, peer, engine, ...), so
+    a machine that slows down or speeds up over minutes, as shared ones do, weighs on every
+    backend alike; each backend's round of median speed is reported, with every round's
+    sentences/s in ``rounds``."""
     results: dict = {}
     for case in cases:
+        runs: dict = {backend: [] for backend in translators}
+        for turn in range(rounds):
+            for backend, translator in translators.items():
+                isolated = isinstance(translator, Isolated)
+                r = translator.run_case(sources, case, opts) if isolated else run_case(translator, sources, case, opts)
+                runs[backend].append(r)
+                each = f"  (round {turn + 1} of {rounds})" if rounds > 1 else ""
+                log(f"{case.name:10} {backend:12} {r['sentences_per_s']:8.1f} sent/s  {r['tokens_per_s']:8.0f} tok/s  "
+                    f"p50 {r['p50_ms']:7.1f} ms  p90 {r['p90_ms']:7.1f} ms{each}")
         results[case.name] = {}
-        for backend, translator in translators.items():
-            isolated = isinstance(translator, Isolated)
-            r = translator.run_case(sources, case, opts) if isolated else run_case(translator, sources, case, opts)
-            results[case.name][backend] = r
-            log(f"{case.name:10} {backend:12} {r['sentences_per_s']:8.1f} sent/s  {r['tokens_per_s']:8.0f} tok/s  "
-                f"p50 {r['p50_ms']:7.1f} ms  p90 {r['p90_ms']:7.1f} ms")
+        for backend, done in runs.items():
+            ranked = sorted(done, key=lambda r: r["sentences_per_s"])
+            results[case.name][backend] = {**ranked[(len(ranked) - 1) // 2],
+                                           "rounds": [round(r["sentences_per_s"], 1) for r in done]}
         row = results[case.name]
         for backend in [b for b in row if b != "python" and "python" in row]:
             same = sum(a == b for a, b in zip(row[backend]["outputs"], row["python"]["outputs"]))

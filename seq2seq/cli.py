@@ -326,6 +326,8 @@ def cmd_bench(args) -> int:
     from seq2seq.data import load_dataset
 
     cases = bench.parse_cases(args.cases)
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, not {args.rounds}")
     if args.sentences < 1:
         raise ValueError(f"--sentences must be at least 1, not {args.sentences}")
     if args.threads:
@@ -358,7 +360,7 @@ def cmd_bench(args) -> int:
             # CTranslate2's beam search has no GNMT penalty; none is the one both rank alike.
             opts = replace(opts, length_penalty="none")
             print("length_penalty none for every backend: CTranslate2 has no gnmt penalty")
-        results = bench.bench(translators, sources, cases, opts)
+        results = bench.bench(translators, sources, cases, opts, rounds=args.rounds)
         model = (translators.get("python") or first).model
         limit_lines = bench.limits(first.model_cfg, model, sources, results, cases)
         table = bench.markdown(results, cases)
@@ -720,6 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", choices=("ctranslate2",),
                    help="also CTranslate2 on the same sentences (a Transformer export, converted per compute type; "
                         "one intra-op thread and --threads, its faster one counts)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every backend this many times, taking turns, and report each one's median round")
     p.add_argument("--out", help="write the results here as JSON")
     add_config_flags(p, DecodingOptions, {"return_attention", "beam_size", "n_best"})
     p.set_defaults(func=cmd_bench)

@@ -28,9 +28,15 @@ def test_bench_measures_both_backends_on_the_same_sentences(tmp_path):
     sources = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16, 17], [18, 19]]
     cases = bench.parse_cases("greedy:1,beam3:4")
     opts = DecodingOptions(max_length_ratio=1.0, max_length_extra=3)
-    results = bench.bench(translators, sources, cases, opts, log=lambda *_: None)
+    logged = []
+    results = bench.bench(translators, sources, cases, opts, log=logged.append, rounds=3)
+    # The backends take turns: each round measures every backend once, in order.
+    measured = [line[11:23].strip() for line in logged if "sent/s" in line]
+    assert measured[:6] == ["cpp float32", "cpp int8", "python"] * 2
     for case in cases:
         row = results[case.name]
+        for r in row.values():  # the reported round is the one of median speed
+            assert len(r["rounds"]) == 3 and round(r["sentences_per_s"], 1) == sorted(r["rounds"])[1]
         assert row["cpp float32"]["identical"] == len(sources)  # float32 is the parity reference
         for r in row.values():
             assert r["sentences_per_s"] > 0 and r["p90_ms"] >= r["p50_ms"] > 0 and len(r["outputs"]) == len(sources)
