@@ -54,27 +54,31 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
   }
 }
 
-at::Tensor Dense::operator()(const at::Tensor& x) const {
+at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
   switch (type_) {
-    case ComputeType::Int8:
-      return linear_int8(x, int8_);
+    case ComputeType::Int8: {
+      auto y = linear_int8(x, int8_);
+      return relu ? y.relu_() : y;
+    }
     case ComputeType::BFloat16: {
       // bfloat16 inputs and outputs, float32 sums; the bias added in float32.
       const auto xb = x.to(at::kBFloat16);
       auto y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()).to(at::kFloat)
-                            : float32(xb.to(at::kFloat), at::Tensor()).to(at::kBFloat16).to(at::kFloat);
-      return bias_.defined() ? y.add_(bias_) : y;
+                            : float32(xb.to(at::kFloat), at::Tensor(), false).to(at::kBFloat16).to(at::kFloat);
+      if (bias_.defined()) y.add_(bias_);
+      return relu ? y.relu_() : y;
     }
     default:
-      return float32(x, bias_);
+      return float32(x, bias_, relu);
   }
 }
 
-at::Tensor Dense::float32(const at::Tensor& x, const at::Tensor& bias) const {
+at::Tensor Dense::float32(const at::Tensor& x, const at::Tensor& bias, bool relu) const {
   // oneDNN costs about 10 us a call more than MKL, which a lone row or a small product
   // does not earn back (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
   const int64_t rows = x.size(0);
-  if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19)) return linear_onednn(x, onednn_, bias);
+  if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19))
+    return linear_onednn(x, onednn_, bias, relu);
   // MKL multiplies a few rows on one thread, so a decoding step of one sentence read its
   // weights with one core: the columns are split across the threads instead (Tatoeba
   // Transformer, 2 threads: 1.36x the sentences/s at greedy batch 1, 1.25x at beam 5 batch 4).
@@ -88,9 +92,10 @@ at::Tensor Dense::float32(const at::Tensor& x, const at::Tensor& bias) const {
       if (bias.defined()) at::addmm_out(part, bias.narrow(0, begin, end - begin), x, w);
       else at::mm_out(part, x, w);
     });
-    return y;
+    return relu ? y.relu_() : y;
   }
-  return bias.defined() ? at::addmm(bias, x, wt_) : at::mm(x, wt_);
+  auto y = bias.defined() ? at::addmm(bias, x, wt_) : at::mm(x, wt_);
+  return relu ? y.relu_() : y;
 }
 
 }  // namespace seq2seq

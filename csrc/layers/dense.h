@@ -24,14 +24,17 @@ class Dense {
   // weight (out, in) in any memory layout, bias (out) or undefined; float32.
   Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type);
   // x (rows, in) float32 -> (rows, out) float32: x @ weight.T + bias.
-  at::Tensor operator()(const at::Tensor& x) const;
+  at::Tensor operator()(const at::Tensor& x) const { return apply(x, false); }
+  // max(0, x @ weight.T + bias), the ReLU fused into the product where the library can.
+  at::Tensor relu(const at::Tensor& x) const { return apply(x, true); }
   bool defined() const { return out_ > 0; }
   int64_t out_features() const { return out_; }
   int64_t in_features() const { return in_; }
 
  private:
+  at::Tensor apply(const at::Tensor& x, bool relu) const;
   // x @ wt_ + bias through MKL or oneDNN, whichever is faster for the shape.
-  at::Tensor float32(const at::Tensor& x, const at::Tensor& bias) const;
+  at::Tensor float32(const at::Tensor& x, const at::Tensor& bias, bool relu) const;
 
   ComputeType type_ = ComputeType::Float32;
   int64_t out_ = 0, in_ = 0;

@@ -33,9 +33,9 @@ FeedForward::FeedForward(WeightReader& w, const std::string& prefix, int64_t d, 
       outer(w.dense(prefix + ".3.weight", prefix + ".3.bias", d, ff_dim, type)) {}
 
 at::Tensor FeedForward::operator()(const at::Tensor& x) const {
-  if (x.dim() == 2) return outer(at::relu(inner(x)));
+  if (x.dim() == 2) return outer(inner.relu(x));
   const auto flat = x.reshape({-1, x.size(-1)});
-  return outer(at::relu(inner(flat))).view(x.sizes());
+  return outer(inner.relu(flat)).view(x.sizes());
 }
 
 MultiHeadAttention::MultiHeadAttention(WeightReader& w, const std::string& prefix, int64_t d, int64_t heads,

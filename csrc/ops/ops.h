@@ -47,8 +47,9 @@ std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, con
 // through MKL's sgemm on CPUs where MKL takes its AVX2 path (AMD's).
 at::Tensor pack_onednn(const at::Tensor& weight);
 
-// x @ weight.T + bias (bias may be undefined) with weights from pack_onednn, in their dtype.
-at::Tensor linear_onednn(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias);
+// x @ weight.T + bias (bias may be undefined) with weights from pack_onednn, in their dtype;
+// with relu, max(0, .) applied by oneDNN as the product is written.
+at::Tensor linear_onednn(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias, bool relu = false);
 
 // int8 weights for compute_type "int8": each output channel (row) of `weight` quantized
 // symmetrically to -127..127 with its own scale (max |w| / 127), packed for

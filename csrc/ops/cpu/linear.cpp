@@ -46,10 +46,10 @@ at::Tensor pack_onednn(const at::Tensor& weight) {
   return stack[0].toTensor();
 }
 
-at::Tensor linear_onednn(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias) {
+at::Tensor linear_onednn(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& bias, bool relu) {
   static const auto linear = onednn_op("mkldnn::_linear_pointwise");
   torch::jit::Stack stack{x.contiguous(), packed, bias.defined() ? c10::IValue(bias) : c10::IValue(),
-                          std::string("none"), c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+                          std::string(relu ? "relu" : "none"), c10::List<std::optional<at::Scalar>>(), c10::IValue()};
   linear->callBoxed(&stack);
   return stack[0].toTensor();
 }
