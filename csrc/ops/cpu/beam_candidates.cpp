@@ -70,13 +70,13 @@ std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits_in, 
           if (value_of(eos) != kNegInf) offer(value_of(eos), eos * group + g);
           continue;
         }
-        // Most tokens cannot enter a full list: 16 of them are ruled out at once, by value,
+        // Most tokens cannot enter a full list: a register of them is ruled out at once, by value,
         // before any is looked at one by one.
         int64_t t = 0;
         for (; t + kLanes <= V; t += kLanes) {
           const float worst = filled == count ? best[count - 1] : kNegInf;
-          const f32x16 values = start + ((load16(x + t) - mx) - log_sum);
-          const i32x16 maybe = values >= worst;
+          const vfloat values = start + ((load_lanes(x + t) - mx) - log_sum);
+          const vint maybe = values >= worst;
           int32_t any = 0;
           for (int j = 0; j < kLanes; ++j) any |= maybe[j];
           if (!any) continue;
