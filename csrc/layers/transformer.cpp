@@ -44,26 +44,26 @@ MultiHeadAttention::MultiHeadAttention(WeightReader& w, const std::string& prefi
   auto get = [&](const char* name, bool matrix) {
     return w.get(prefix + "." + name, matrix ? std::vector<int64_t>{d, d} : std::vector<int64_t>{d});
   };
-  wq_ = get("q_proj.weight", true), bq_ = get("q_proj.bias", false);
-  wk_ = get("k_proj.weight", true), bk_ = get("k_proj.bias", false);
-  wv_ = get("v_proj.weight", true), bv_ = get("v_proj.bias", false);
-  wo_ = get("out_proj.weight", true), bo_ = get("out_proj.bias", false);
-  if (role == Role::Encoder) return;  // the whole sequence at once, in float32
-  // Self-attention: one product for the step's query, key and value.
-  if (role == Role::DecoderSelf) qkv_ = Dense(at::cat({wq_, wk_, wv_}), at::cat({bq_, bk_, bv_}), type);
-  else query_ = Dense(wq_, bq_, type);
-  out_ = Dense(wo_, bo_, type);
+  const auto wq = get("q_proj.weight", true), bq = get("q_proj.bias", false);
+  const auto wk = get("k_proj.weight", true), bk = get("k_proj.bias", false);
+  const auto wv = get("v_proj.weight", true), bv = get("v_proj.bias", false);
+  const auto wo = get("out_proj.weight", true), bo = get("out_proj.bias", false);
+  if (role == Role::Encoder) type = ComputeType::Float32;  // the whole sequence once, in float32
+  // Self-attention: one product for the queries, keys and values.
+  if (role != Role::DecoderCross) qkv_ = Dense(at::cat({wq, wk, wv}), at::cat({bq, bk, bv}), type);
+  else query_ = Dense(wq, bq, type), key_value_ = Dense(at::cat({wk, wv}), at::cat({bk, bv}), ComputeType::Float32);
+  out_ = Dense(wo, bo, type);
 }
 
 at::Tensor MultiHeadAttention::sequence(const at::Tensor& x, const at::Tensor& mask) const {
   const int64_t N = x.size(0), S = x.size(1), dh = d_ / heads_;
   auto split = [&](const at::Tensor& t) { return t.view({N, S, heads_, dh}).transpose(1, 2); };
-  const auto q = split(at::linear(x, wq_, bq_)), k = split(at::linear(x, wk_, bk_)),
-             v = split(at::linear(x, wv_, bv_));
+  const auto qkv = qkv_(x.reshape({N * S, d_})).view({N, S, 3 * d_}).chunk(3, 2);
+  const auto q = split(qkv[0]), k = split(qkv[1]), v = split(qkv[2]);
   const auto scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
   const auto weights = at::softmax(scores.masked_fill(mask.logical_not(), -INFINITY), -1);
-  const auto out = at::matmul(weights, v).transpose(1, 2).reshape({N, S, -1});
-  return at::linear(out, wo_, bo_);
+  const auto out = at::matmul(weights, v).transpose(1, 2).reshape({N * S, d_});
+  return out_(out).view({N, S, d_});
 }
 
 at::Tensor MultiHeadAttention::step_self(const at::Tensor& x, at::Tensor& keys, at::Tensor& values) const {
@@ -76,7 +76,9 @@ at::Tensor MultiHeadAttention::step_self(const at::Tensor& x, at::Tensor& keys, 
 }
 
 std::pair<at::Tensor, at::Tensor> MultiHeadAttention::source_keys_values(const at::Tensor& memory) const {
-  return {at::linear(memory, wk_, bk_).contiguous(), at::linear(memory, wv_, bv_).contiguous()};
+  const int64_t N = memory.size(0), S = memory.size(1);
+  const auto kv = key_value_(memory.reshape({N * S, d_})).view({N, S, 2 * d_}).chunk(2, 2);
+  return {kv[0].contiguous(), kv[1].contiguous()};
 }
 
 std::pair<at::Tensor, at::Tensor> MultiHeadAttention::step_cross(const at::Tensor& x, const at::Tensor& keys,

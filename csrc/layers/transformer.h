@@ -45,7 +45,8 @@ class MultiHeadAttention {
                      Role role);
 
   // Every position of x (N, S, d) against the positions `mask` (N, 1, 1, S) keeps, in
-  // float32 with seq2seq/models.py's own operations.
+  // float32: one product for the queries, keys and values, the scores and sums with
+  // seq2seq/models.py's own operations.
   at::Tensor sequence(const at::Tensor& x, const at::Tensor& mask) const;
 
   // Self-attention of a decode step: x (R, d); keys/values (R, t, d) grow by this position.
@@ -60,8 +61,9 @@ class MultiHeadAttention {
 
  private:
   int64_t d_ = 0, heads_ = 0;
-  at::Tensor wq_, bq_, wk_, bk_, wv_, bv_, wo_, bo_;  // float32, for sequence() and the source's keys/values
-  Dense qkv_, query_, out_;                           // the decode step's products, in the compute type
+  // The encoder's in float32; the decoder's in the compute type, but for the source's keys and
+  // values (key_value_), computed once per sentence in float32.
+  Dense qkv_, query_, key_value_, out_;
 };
 
 }  // namespace seq2seq
