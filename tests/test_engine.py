@@ -183,6 +183,9 @@ def test_onednn_product_matches_torch_linear(rows, inputs, outputs, bias):
     # float32 sums in another order: within a few units of rounding of terms of size ~sqrt(inputs)
     torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5 * inputs ** 0.5)
     torch.testing.assert_close(torch.ops.seq2seq.linear_onednn(x, w.t().contiguous().t(), b), got)
+    # The feed-forward's ReLU, applied by oneDNN as it writes the product.
+    torch.testing.assert_close(torch.ops.seq2seq.linear_onednn(x, w, b, relu=True), F.relu(F.linear(x, w, b)),
+                               rtol=1e-5, atol=1e-5 * inputs ** 0.5)
 
 
 def test_op_errors_are_clear():

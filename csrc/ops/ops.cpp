@@ -14,7 +14,7 @@ TORCH_LIBRARY(seq2seq, m) {
   m.def("beam_candidates(Tensor logits, Tensor row_scores, Tensor eos_rule, int[] banned, int eos, int group, "
         "int count) -> (Tensor, Tensor)");
   // The engine's oneDNN product, packing the weight at every call: for tests.
-  m.def("linear_onednn(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear_onednn(Tensor x, Tensor weight, Tensor? bias, bool relu=False) -> Tensor");
 }
 
 namespace seq2seq {

@@ -81,10 +81,11 @@ at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed) {
 namespace {
 
 // The engine's oneDNN product, packing the weight at every call: for tests.
-at::Tensor linear_onednn_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+at::Tensor linear_onednn_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            bool relu) {
   const auto packed = pack_onednn(weight);
   TORCH_CHECK(packed.defined(), "this torch build has no oneDNN");
-  return linear_onednn(x, packed, bias.value_or(at::Tensor()));
+  return linear_onednn(x, packed, bias.value_or(at::Tensor()), relu);
 }
 
 }  // namespace
