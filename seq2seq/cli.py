@@ -366,9 +366,14 @@ def cmd_bench(args) -> int:
         table = bench.markdown(results, cases)
         print("\n" + table + "\n" + "\n".join(limit_lines))
         if args.out:
+            from seq2seq.plots import plot_bench
+
             for row in results.values():
                 for r in row.values():
                     r.pop("outputs")
+            print(plot_bench(results, Path(args.out).with_suffix(".png"),
+                             f"{Path(args.model).name}: {len(sources)} sentences of {split}, "
+                             f"{torch.get_num_threads()} threads"))
             Path(args.out).write_text(json.dumps({"model": args.model, "split": split, "sentences": len(sources),
                                                   "cpu": cpu, "threads": torch.get_num_threads(),
                                                   "results": results,
@@ -724,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "one intra-op thread and --threads, its faster one counts)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every backend this many times, taking turns, and report each one's median round")
-    p.add_argument("--out", help="write the results here as JSON")
+    p.add_argument("--out", help="write the results here as JSON, and their bars beside it as PNG")
     add_config_flags(p, DecodingOptions, {"return_attention", "beam_size", "n_best"})
     p.set_defaults(func=cmd_bench)
 

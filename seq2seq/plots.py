@@ -1,4 +1,4 @@
-"""Figures: attention heatmaps, and line plots for the studies (matplotlib, PNG)."""
+"""Figures: attention heatmaps, line plots for the studies, and the bench's bars (matplotlib, PNG)."""
 
 from __future__ import annotations
 
@@ -110,4 +110,29 @@ def plot_rouge_by_length(by_length: list[dict], path: str | Path, title: str = "
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_bench(results: dict, path: str | Path, title: str = "") -> Path:
+    """One panel per bench case: each backend's sentences/s (its median round), and the
+    spread of its rounds as a line across the bar."""
+    cases = list(results)
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 0.42 * max(len(r) for r in results.values()) + 1.6),
+                             squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        row = results[case]
+        names = list(row)[::-1]  # the first backend on top
+        speeds = [row[n]["sentences_per_s"] for n in names]
+        rounds = [row[n].get("rounds") or [row[n]["sentences_per_s"]] for n in names]
+        colors = ["tab:blue" if n.startswith("cpp") else "tab:orange" if n.startswith("ct2") else "tab:gray"
+                  for n in names]
+        ax.barh(names, speeds, color=colors)
+        ax.errorbar(speeds, names, xerr=[[max(0.0, s - min(r)) for s, r in zip(speeds, rounds)],
+                                         [max(0.0, max(r) - s) for s, r in zip(speeds, rounds)]],
+                    fmt="none", ecolor="black", capsize=3)
+        ax.set_title(case)
+        ax.set_xlabel("sentences/s")
+        ax.grid(axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -73,6 +73,7 @@ def test_bench_command_writes_its_table_and_json(tmp_path, capsys):
     assert "| greedy:1 | cpp float32 |" in printed and "| beam2:2 | python |" in printed
     report = json.loads(out.read_text())
     assert report["sentences"] == 5 and set(report["results"]["beam2:2"]) == {"cpp float32", "cpp int8", "python"}
+    assert (tmp_path / "bench.png").stat().st_size > 0 and str(tmp_path / "bench.png") in printed
 
 
 def test_bench_command_runs_the_engine_alone_in_two_compute_types(tmp_path, capsys):
