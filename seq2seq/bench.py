@@ -231,7 +231,8 @@ class Isolated:
     there. CTranslate2 bundles its own OpenMP runtime, and once its threads had run, the
     engine in the same process decoded up to 3x slower until the process ended
     (benchmarks/ctranslate2_interference.py, docs/bench.md), so peers are timed apart from
-    the engine and each other."""
+    the engine and each other; and the engine's compute types apart from each other and
+    from the Python reference."""
 
     def __init__(self, make, **kwargs):
         self.make, self.kwargs = make, kwargs

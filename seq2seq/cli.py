@@ -324,6 +324,7 @@ def cmd_bench(args) -> int:
 
     from seq2seq import bench
     from seq2seq.data import load_dataset
+    from seq2seq.export import export, is_export
 
     cases = bench.parse_cases(args.cases)
     if args.rounds < 1:
@@ -335,15 +336,20 @@ def cmd_bench(args) -> int:
     types = [t.strip() for t in args.compute_type.split(",")]
     translators = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # The reference encodes the sentences and gives the model the limit lines count.
+        first = load_backend("python", args.model, "cpu", args.threads, Path(tmp))
         if args.backend in ("cpp", "both"):
+            model_dir = args.model if is_export(args.model) else str(export(args.model, Path(tmp) / "export"))
             for t in types:
+                # Each compute type in a process of its own, as every peer: in one process the
+                # engine measured up to 2x slower than alone (int8 greedy:1, docs/bench.md).
                 name = "cpp" if len(types) == 1 else f"cpp {t}"
-                translators[name] = load_backend("cpp", args.model, "cpu", args.threads, Path(tmp) / t, t)
+                translators[name] = bench.Isolated(load_backend, backend="cpp", model=model_dir, device="cpu",
+                                                   threads=args.threads, folder=Path(tmp) / t, compute_type=t)
         if args.backend in ("python", "both"):
-            translators["python"] = load_backend("python", args.model, "cpu", args.threads, Path(tmp))
+            translators["python"] = first
         if args.against == "ctranslate2":
             translators.update(ctranslate2_backends(args.model, types, torch.get_num_threads(), Path(tmp)))
-        first = next(iter(translators.values()))
         if args.input:
             split = args.input
             texts = read_sources(args)[: args.sentences]
@@ -361,7 +367,7 @@ def cmd_bench(args) -> int:
             opts = replace(opts, length_penalty="none")
             print("length_penalty none for every backend: CTranslate2 has no gnmt penalty")
         results = bench.bench(translators, sources, cases, opts, rounds=args.rounds)
-        model = (translators.get("python") or first).model
+        model = first.model
         limit_lines = bench.limits(first.model_cfg, model, sources, results, cases)
         table = bench.markdown(results, cases)
         print("\n" + table + "\n" + "\n".join(limit_lines))
