@@ -22,7 +22,7 @@ def engine_sources() -> list[str]:
 def extensions():
     from torch.utils import cpp_extension
 
-    sources = engine_sources() + ["csrc/python.cpp"]
+    sources = engine_sources() + ["csrc/python.cpp", "csrc/python_batcher.cpp"]
     # No fused multiply-adds the source does not ask for, as in the C++ library's build
     # (CMakeLists.txt): the two builds' kernels round alike.
     cxx = ["-O3", "-g0", "-fopenmp", "-std=c++17", "-ffp-contract=off"]

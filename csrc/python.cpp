@@ -8,6 +8,10 @@
 namespace py = pybind11;
 using namespace seq2seq;
 
+namespace seq2seq {
+void bind_batcher(py::module& m);  // python_batcher.cpp
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "The seq2seq C++ translation engine";
   py::class_<DecodeOptions>(m, "DecodeOptions")
@@ -60,4 +64,5 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("sources"), py::arg("options"), py::arg("abandoned") = std::nullopt,
           py::call_guard<py::gil_scoped_release>());
+  bind_batcher(m);
 }

@@ -104,11 +104,31 @@ class Engine(TextTranslator):
                    abandoned: torch.Tensor | None = None) -> list[list[Hypothesis]]:
         """``abandoned``: a bool flag per sentence that other threads may set while the search
         runs; a sentence whose flag is set stops at the next step, and its result is empty."""
-        options = extension().DecodeOptions()
-        for f in fields(DecodingOptions):
-            setattr(options, f.name, getattr(opts, f.name))
         try:
-            results = self._engine.translate(sources, options, abandoned)
+            results = self._engine.translate(sources, engine_options(opts), abandoned)
         except (ValueError, TypeError) as e:
             raise ValueError(str(e)) from None
-        return [[Hypothesis(list(h.tokens), h.score, h.log_prob, h.attention) for h in hyps] for hyps in results]
+        return from_engine(results)
+
+    @property
+    def native(self):
+        """The seq2seq._C.Engine: what seq2seq._C.Batcher runs without the GIL."""
+        return self._engine
+
+
+def engine_options(opts: DecodingOptions):
+    """The engine's DecodeOptions with the same fields."""
+    options = extension().DecodeOptions()
+    for f in fields(DecodingOptions):
+        setattr(options, f.name, getattr(opts, f.name))
+    return options
+
+
+def python_options(options) -> DecodingOptions:
+    """The engine's DecodeOptions back as DecodingOptions."""
+    return DecodingOptions(**{f.name: getattr(options, f.name) for f in fields(DecodingOptions)})
+
+
+def from_engine(results) -> list[list[Hypothesis]]:
+    """The engine's hypotheses (seq2seq._C.Hypothesis) as seq2seq.decoding.Hypothesis."""
+    return [[Hypothesis(list(h.tokens), h.score, h.log_prob, h.attention) for h in hyps] for hyps in results]

@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .batcher import Batcher
+from seq2seq.engine import extension, python_options
 from .metrics import Metrics
 from .service import SERVICE_NAME, Limits, TranslationService, UNDECODABLE, load_model, never_raising, pb_grpc
 
@@ -314,11 +314,11 @@ class Server:
         for name, path in cfg.models.items():
             model = load_model(name, path, cfg.threads, cfg.compute_type)
             # The engine lets go of abandoned sentences mid-search; the Python reference cannot.
-            run = model.translator.decode_ids if model.backend == "cpp" else \
-                (lambda ids, opts, abandoned, t=model.translator: t.decode_ids(ids, opts))
-            model.batcher = Batcher(run, cfg.max_batch, cfg.max_batch_tokens,
-                                    cfg.max_delay_ms / 1000, cfg.max_queue, engine_workers(cfg),
-                                    self.metrics.on_batch(name), client_share(cfg))
+            run = model.translator.native if model.backend == "cpp" else \
+                (lambda ids, opts, abandoned, t=model.translator: t.decode_ids(ids, python_options(opts)))
+            model.batcher = extension().Batcher(run, cfg.max_batch, cfg.max_batch_tokens, cfg.max_delay_ms / 1000,
+                                                cfg.max_queue, engine_workers(cfg), self.metrics.on_batch(name),
+                                                client_share(cfg))
             self.models[name] = model
             log.info(json.dumps({"event": "model_loaded", "model": name, "path": path, "backend": model.backend,
                                  "workers": engine_workers(cfg), "threads": cfg.threads}))

@@ -8,19 +8,19 @@ import math
 import queue
 import threading
 import time
-from concurrent.futures import CancelledError
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from seq2seq.config import DecodingOptions, validate_decoding_options
-from .batcher import Abandoned, Batcher, DeadlineExpired, QueueFull
+from seq2seq.config import DecodingOptions
+from seq2seq.engine import engine_options, extension, from_engine
 from .metrics import Metrics
 from .protos import load
 
 pb, pb_grpc = load()
+_C = extension()
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TranslationService"].full_name
 log = logging.getLogger("seq2seq.server")
 
@@ -44,7 +44,7 @@ class Model:
     path: str
     translator: object  # Engine, or the Python Translator for families the engine does not run
     backend: str
-    batcher: Batcher | None = None
+    batcher: object = None  # seq2seq._C.Batcher (csrc/batcher.h), the one seq2seq-serve uses
     _python: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     token_bytes: int = field(init=False)  # the most bytes one target token adds to a text
@@ -142,8 +142,8 @@ def decoding_options(msg, limits: Limits, field_name: str = "options") -> Decodi
         raise Invalid(f"{field_name}.max_length must be within 1..{limits.max_length}, not {opts.max_length}")
     if not math.isfinite(opts.alpha):
         raise Invalid(f"{field_name}.alpha must be a finite number")
-    try:
-        validate_decoding_options(opts)
+    try:  # the engine's validator, as seq2seq-serve's
+        extension().validate_options(engine_options(opts))
     except ValueError as e:
         raise Invalid(f"{field_name}: {e}") from None
     return opts
@@ -279,9 +279,10 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         remaining = context.time_remaining()  # None, or near-infinite, when the caller set no deadline
         deadline = time.monotonic() + remaining if remaining is not None and remaining < 1e7 else None
         try:
-            jobs = model.batcher.submit(ids, opts, deadline, client=context.peer(),
-                                        background=cost > self.background_cost)
-        except QueueFull as e:
+            jobs = model.batcher.submit(ids, engine_options(opts),
+                                        None if deadline is None else deadline - time.monotonic(),
+                                        client=context.peer(), background=cost > self.background_cost)
+        except _C.QueueFull as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         self.metrics.set_queue_depth(model.name, model.batcher.queued)
         # A cancelled call frees its place in the queue, or its rows in a running batch; so does
@@ -291,15 +292,17 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         try:
             for job in jobs:
                 left = None if deadline is None else max(deadline - time.monotonic(), 0)
-                hyps += job.future.result(timeout=left)
-        except (DeadlineExpired, TimeoutError):
+                hyps += from_engine(job.result(timeout=left))
+        except TimeoutError:  # _C.DeadlineExpired, _C.WaitTimedOut
             for job in jobs:
                 job.abandon()
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the translation was done")
-        except (CancelledError, Abandoned):
+        except _C.Abandoned:
             context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled")
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except RuntimeError as e:
+            context.abort(grpc.StatusCode.INTERNAL, str(e))
         scores = request.options.return_scores
         translations = [pb.Translation(hypotheses=[hypothesis(model.translator.translation(h), scores) for h in sentence])
                         for sentence in hyps]
@@ -385,9 +388,9 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
     def _background(model, context):
         """Decodes a batch of an Evaluate job through the model's batcher, at background priority."""
         def decode(ids, opts):
-            jobs = model.batcher.submit(ids, opts, client=context.peer(), background=True)
+            jobs = model.batcher.submit(ids, engine_options(opts), client=context.peer(), background=True)
             context.add_callback(lambda: [job.abandon() for job in jobs])
-            return [hyps for job in jobs for hyps in job.future.result()]
+            return [hyps for job in jobs for hyps in from_engine(job.result())]
         return decode
 
     def _evaluate(self, request, context):
@@ -431,9 +434,9 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
                     return
                 try:
                     nbest += translator.translate(srcs[i:i + 64], opts, max_tokens=16384, decode=decode)
-                except QueueFull as e:
+                except _C.QueueFull as e:
                     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-                except (CancelledError, Abandoned):
+                except _C.Abandoned:
                     return  # the caller has gone
                 except ValueError as e:  # a source over the model's limit
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,

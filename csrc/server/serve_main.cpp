@@ -34,11 +34,12 @@
 #include <thread>
 #include <vector>
 
+#include "../batcher.h"
 #include "../common.h"
+#include "../engine.h"
 #include "../io/export_reader.h"
 #include "../io/text.h"
 #include "../io/tokenizer.h"
-#include "batcher.h"
 #include "seq2seq/v1/translation.grpc.pb.h"
 
 namespace seq2seq {
@@ -700,7 +701,8 @@ class Service final : public pb::TranslationService::Service {
       case Outcome::kDeadline:
         return Status(StatusCode::DEADLINE_EXCEEDED, "the deadline passed while the request was queued");
       case Outcome::kCancelled: return Status(StatusCode::CANCELLED, "the call was cancelled");
-      case Outcome::kError: return invalid(call.error);
+      case Outcome::kInvalid: return invalid(call.error);
+      case Outcome::kError: return Status(StatusCode::INTERNAL, "the engine failed: " + call.error);
     }
     response->set_request_id(call.request_id);
     response->set_model(call.model->name);

@@ -92,6 +92,11 @@ int64_t Batcher::queued() {
   return queued_;
 }
 
+int64_t Batcher::running() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return running_;
+}
+
 BatcherStats Batcher::stats() {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
@@ -209,7 +214,9 @@ void Batcher::work() {
       const auto began = Clock::now();
       try {
         outcome.hypotheses = run_(sources, live.front()->opts, abandoned);
-      } catch (const std::exception& e) {  // every caller of the batch learns what went wrong
+      } catch (const std::invalid_argument& e) {  // every caller of the batch learns what went wrong
+        outcome = {Outcome::kInvalid, {}, e.what()};
+      } catch (const std::exception& e) {
         outcome = {Outcome::kError, {}, e.what()};
       }
       last_run = std::chrono::duration<double>(Clock::now() - began).count();
@@ -231,8 +238,8 @@ void Batcher::work() {
     }
     size_t start = 0;
     for (Job* job : live) {
-      if (outcome.kind == Outcome::kError) {
-        job->done({Outcome::kError, {}, outcome.error});
+      if (outcome.kind == Outcome::kInvalid || outcome.kind == Outcome::kError) {
+        job->done({outcome.kind, {}, outcome.error});
         continue;
       }
       auto first = outcome.hypotheses.begin() + start;

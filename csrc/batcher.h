@@ -1,11 +1,14 @@
-// Dynamic batching for the C++ front end: sentences of concurrent requests merged into
-// engine batches, by the rules of server/batcher.py (read its docstrings for the measured
-// reasons): one worker gathers at a time; the oldest job and those with the same decoding
-// options go together; while another batch runs, a worker waits up to max_delay from the
-// oldest job's arrival, and for the callers it has just answered (up to a tenth of its last
-// batch's time), for a fair share of queued + running + returning sentences; a lone caller
-// never waits. Jobs past their deadline or cancelled are dropped before they cost compute, and
-// their sentences leave a running batch at its next step.
+// Dynamic batching for both servers (seq2seq-serve, and seq2seq serve through seq2seq._C):
+// sentences of concurrent requests merged into engine batches. A request's sentences become jobs
+// of at most max_batch. One worker gathers at a time; the oldest interactive job (else the oldest
+// background one) and those with the same decoding options and priority go together, up to
+// max_batch sentences and max_tokens (source tokens + 1) x beam. While another batch runs, a
+// worker waits up to max_delay from the oldest job's arrival, and for the callers it has just
+// answered (up to a tenth of its last batch's time), for a fair share of queued + running +
+// returning sentences; a lone caller never waits. Background batches take at most all workers
+// but one. Jobs past their deadline or cancelled are dropped before they cost compute, and their
+// sentences leave a running batch at its next step. Batches are formed only when a worker is
+// free, so under load the queue grows and batches fill up.
 #pragma once
 
 #include <atomic>
@@ -16,22 +19,22 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <string>
 #include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "../engine.h"
+#include "decoding.h"
 
 namespace seq2seq {
 
 using Clock = std::chrono::steady_clock;
 
 struct Outcome {
-  enum Kind { kDone, kDeadline, kCancelled, kError } kind = kDone;
+  enum Kind { kDone, kDeadline, kCancelled, kInvalid, kError } kind = kDone;
   std::vector<std::vector<Hypothesis>> hypotheses;  // with kDone: one list per sentence
-  std::string error;                               // with kError
+  std::string error;                               // with kInvalid (bad input: the engine threw
+                                                   // std::invalid_argument) and kError
 };
 
 struct Job {
@@ -74,6 +77,7 @@ class Batcher {
   void close();
   int64_t max_batch() const { return max_batch_; }
   int64_t queued();
+  int64_t running();  // batches taken by workers and not yet answered
   BatcherStats stats();
 
  private:
