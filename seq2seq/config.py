@@ -110,6 +110,10 @@ class ModelConfig:
     attention: str = "bahdanau"  # "bahdanau" (additive) or Luong's "dot", "general", "concat"
     attention_dim: int = 256  # additive scores (bahdanau, concat)
     input_feed: bool = True  # Luong: feed the previous attentional vector to the next step
+    # attention: a pointer-generator (See et al., 2017): each step's distribution mixes the
+    # vocabulary's with the attention over the source's tokens, copied as they are (one
+    # vocabulary for both sides: data.joint_vocab)
+    copy: bool = False
 
     # Transformer.
     d_model: int = 256
@@ -137,6 +141,12 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"ModelConfig.d_model={cfg.d_model} must be divisible by heads={cfg.heads}")
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"ModelConfig.dropout={cfg.dropout} must be in [0, 1)")
+    if cfg.copy and cfg.family != "attention":
+        raise ValueError(f"ModelConfig.copy copies source tokens through the attention: it needs family "
+                         f"\"attention\", not {cfg.family!r}")
+    if cfg.copy and cfg.src_vocab != cfg.tgt_vocab:
+        raise ValueError(f"ModelConfig.copy needs one vocabulary for both sides (data.joint_vocab = true), not "
+                         f"{cfg.src_vocab} source and {cfg.tgt_vocab} target ids")
 
 
 @dataclass

@@ -223,6 +223,8 @@ class AttentionSeq2Seq(Seq2Seq):
             self.out = nn.Linear(cfg.hidden, cfg.tgt_vocab)
         else:
             self.out = nn.Linear(2 * cfg.hidden + cfg.emb_dim, cfg.tgt_vocab)
+        if cfg.copy:  # p_gen from [context; decoder state; input embedding]
+            self.copy_gate = nn.Linear(2 * cfg.hidden + cfg.emb_dim, 1)
 
     def encode(self, src, src_lengths) -> State:
         memory, finals = self.encoder(src, src_lengths)
@@ -230,13 +232,15 @@ class AttentionSeq2Seq(Seq2Seq):
         state["memory"] = memory
         state["keys"] = self.attn.keys(memory)
         state["src_mask"] = src != PAD
+        if self.cfg.copy:
+            state["src_ids"] = src
         if self.luong and self.cfg.input_feed:
             state["feed"] = memory.new_zeros(memory.size(0), self.cfg.hidden)
         return state
 
     def decode_step(self, prev_ids, state: State):
         emb = self.drop(self.embed(prev_ids))
-        fixed = {k: state[k] for k in ("memory", "keys", "src_mask")}
+        fixed = {k: state[k] for k in ("memory", "keys", "src_mask", "src_ids") if k in state}
         if self.luong:
             rnn_in = torch.cat([emb, state["feed"]], -1) if self.cfg.input_feed else emb
             out, new = run_rnn(self.rnn, rnn_in.unsqueeze(1), state)
@@ -249,9 +253,28 @@ class AttentionSeq2Seq(Seq2Seq):
         else:
             context, weights = self.attn(state["h"][:, -1], state["keys"], state["memory"], state["src_mask"])
             out, new = run_rnn(self.rnn, torch.cat([emb, context], -1).unsqueeze(1), state)
-            logits = self.out(self.drop(torch.cat([out[:, 0], context, emb], -1)))
+            top = out[:, 0]
+            logits = self.out(self.drop(torch.cat([top, context, emb], -1)))
         new.update(fixed)
-        return F.log_softmax(logits, -1), new, weights
+        log_probs = F.log_softmax(logits, -1)
+        if self.cfg.copy:
+            log_probs = copy_mixture(log_probs, self.copy_gate(torch.cat([context, top, emb], -1)), weights,
+                                     state["src_ids"])
+        return log_probs, new, weights
+
+
+# The smallest copy probability a log is taken of: keeps the log (and its gradient) finite for
+# tokens absent from the source; far below any probability that could win a step.
+COPY_FLOOR = 1e-30
+
+
+def copy_mixture(log_probs, gate, weights, src_ids):
+    """The pointer-generator's distribution (See et al., 2017), in log space:
+    log(p_gen * P_vocab + (1 - p_gen) * P_copy), p_gen = sigmoid(gate), P_copy the attention
+    weights summed per source token id. log_probs (B, V), gate (B, 1), weights and src_ids (B, S)."""
+    copied = torch.zeros_like(log_probs).scatter_add_(1, src_ids, weights)
+    return torch.logaddexp(F.logsigmoid(gate) + log_probs,
+                           F.logsigmoid(-gate) + torch.log(copied.clamp_min(COPY_FLOOR)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -298,6 +298,9 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     random.seed(train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
 
+    if model_cfg.copy and not data_cfg.joint_vocab:
+        raise ValueError("model.copy copies source tokens into the output: it needs one vocabulary for both sides; "
+                         "set data.joint_vocab = true")
     data = load_dataset(data_cfg, ["train", "val"])
     for line in data.log:
         log(line)

@@ -1,7 +1,10 @@
 """The C++ engine against the Python reference decoder (seq2seq/decoding.py) and its ops
 against pure-PyTorch references."""
 
+import json
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,7 +219,7 @@ def test_parity_with_python_reference(exports, family):
 
 
 @pytest.mark.parametrize("family", ["bahdanau-gru-bi", "luong-general", "bigru-context-feed", "transformer-pre",
-                                    "transformer-post"])
+                                    "transformer-post", "bahdanau-copy"])
 @pytest.mark.parametrize("beam", [1, 5])
 def test_alone_equals_inside_a_batch_of_64(exports, family, beam):
     engine = Engine(exports[family])
@@ -226,6 +229,20 @@ def test_alone_equals_inside_a_batch_of_64(exports, family, beam):
     together = engine.translate_ids(sources, opts)
     for i in range(0, 64, 7):
         assert_same(engine.translate_ids([sources[i]], opts), [together[i]], atol=1e-5)
+
+
+def test_an_export_from_before_the_copy_field_loads_without_copy(exports, tmp_path):
+    old = Path(shutil.copytree(exports["bahdanau"], tmp_path / "old"))
+    config = json.loads((old / "config.json").read_text())
+    del config["model"]["copy"]
+    (old / "config.json").write_text(json.dumps(config))
+    sources, opts = random_sources(6, seed=2), DecodingOptions(beam_size=3)
+    assert_same(Engine(old).translate_ids(sources, opts), Engine(exports["bahdanau"]).translate_ids(sources, opts))
+    assert Translator(old).model_cfg.copy is False
+    config["model"]["copy"] = "yes"
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RuntimeError, match='config.json: "model.copy" must be true or false, not "yes"'):
+        extension().Engine(str(old))
 
 
 @pytest.mark.parametrize("opts", [
@@ -380,6 +397,8 @@ def test_engine_refuses_what_it_cannot_run(exports, tmp_path):
 TRAINED_FAMILIES = {
     "bahdanau": ["--family=attention", "--attention=bahdanau", "--cell=gru", "--bidirectional=true", "--emb_dim=64",
                  "--hidden=128", "--attention_dim=64", "--layers=1", "--lr=3e-3"],
+    "bahdanau-copy": ["--family=attention", "--attention=bahdanau", "--cell=gru", "--bidirectional=true",
+                      "--emb_dim=64", "--hidden=128", "--attention_dim=64", "--layers=1", "--lr=3e-3", "--copy=true"],
     "transformer": ["--family=transformer", "--d_model=64", "--heads=4", "--ff_dim=128", "--enc_layers=2",
                     "--dec_layers=2", "--norm=pre", "--tie_embeddings=true", "--lr=2e-3"],
 }

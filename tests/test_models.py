@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from seq2seq.config import ModelConfig
 from seq2seq.data import BOS, EOS, PAD, make_example
 from seq2seq.data.batching import collate
-from seq2seq.models import MultiHeadAttention, build_model, reorder_state
+from seq2seq.models import COPY_FLOOR, MultiHeadAttention, build_model, copy_mixture, reorder_state
 
 V = 23
 SMALL = dict(src_vocab=V, tgt_vocab=V, emb_dim=32, hidden=64, layers=2, attention_dim=32,
@@ -21,6 +21,9 @@ FAMILIES = {
     "luong-general": dict(family="attention", attention="general", bidirectional=True),
     "luong-concat": dict(family="attention", attention="concat"),
     "luong-dot-no-input-feed": dict(family="attention", attention="dot", input_feed=False),
+    "bahdanau-copy": dict(family="attention", attention="bahdanau", copy=True),
+    "luong-general-gru-copy": dict(family="attention", attention="general", cell="gru", bidirectional=True,
+                                   copy=True),
     "transformer-pre": dict(family="transformer", norm="pre"),
     "transformer-post": dict(family="transformer", norm="post", positions="learned", tie_embeddings=True),
 }
@@ -142,3 +145,40 @@ def test_bad_model_config_names_the_field():
     m = model("transformer-pre").eval()
     with pytest.raises(ValueError, match="exceeds ModelConfig.max_positions=64"):
         m.encode(torch.full((1, 70), 5), torch.tensor([70]))
+
+
+def test_copy_mixture_is_the_pointer_generator_distribution():
+    # Against the formula in probability space, summed by hand per source position.
+    g = torch.Generator().manual_seed(3)
+    log_probs = torch.randn(2, 9, generator=g).log_softmax(-1)
+    gate = torch.randn(2, 1, generator=g)
+    weights = torch.tensor([[0.5, 0.2, 0.3, 0.0], [0.1, 0.6, 0.3, 0.0]])  # the last: padding
+    src = torch.tensor([[4, 6, 4, PAD], [7, 8, EOS, PAD]])
+    mixed = copy_mixture(log_probs, gate, weights, src)
+    for b in range(2):
+        p_gen = torch.sigmoid(gate[b, 0])
+        for v in range(9):
+            copied = sum(weights[b, s] for s in range(4) if src[b, s] == v)
+            want = p_gen * log_probs[b, v].exp() + (1 - p_gen) * copied
+            assert mixed[b, v].exp().item() == pytest.approx(want.item(), rel=1e-5, abs=1e-7)
+    assert torch.allclose(mixed.exp().sum(-1), torch.ones(2), atol=1e-6)
+    # Source token 4 at two positions: 0.8 of the copy share.
+    p_gen = torch.sigmoid(gate[0, 0])
+    assert mixed[0, 4].exp() >= (1 - p_gen) * 0.8
+
+
+def test_copy_keeps_gradients_finite_for_tokens_absent_from_the_source():
+    m = model("bahdanau-copy")
+    batch = batch_of([([5, 6], [9, 10, 11]), ([12, 13, 14], [5, 15])])
+    loss = sentence_losses(m, batch).sum()
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert m.copy_gate.weight.grad.abs().sum() > 0
+    assert COPY_FLOOR < 1e-20
+
+
+def test_copy_needs_the_attention_family_and_one_vocabulary():
+    with pytest.raises(ValueError, match='needs family "attention", not \'rnn\''):
+        build_model(ModelConfig(**SMALL, family="rnn", copy=True))
+    with pytest.raises(ValueError, match="one vocabulary for both sides"):
+        build_model(ModelConfig(**{**SMALL, "tgt_vocab": V + 1}, copy=True))

@@ -1,6 +1,9 @@
 // config.json's "model" object -> the model: the one place that reads the model configuration.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <iterator>
+
 #include "../common.h"
 #include "model.h"
 
@@ -17,7 +20,9 @@ const std::pair<const char*, Kind> kFields[] = {
     {"bidirectional", kBool}, {"context_feed", kBool}, {"attention", kString}, {"attention_dim", kInteger},
     {"input_feed", kBool}, {"d_model", kInteger}, {"heads", kInteger}, {"ff_dim", kInteger},
     {"enc_layers", kInteger}, {"dec_layers", kInteger}, {"norm", kString}, {"positions", kString},
-    {"max_positions", kInteger}, {"tie_embeddings", kBool}};
+    {"max_positions", kInteger}, {"tie_embeddings", kBool}, {"copy", kBool}};
+// Fields added after exports were first written: absent means their default (false).
+const char* const kOptional[] = {"copy"};
 
 // Read once check_model_config has passed: every type is as kFields says.
 template <typename T>
@@ -37,8 +42,9 @@ std::string json_type_error(const std::string& where, const nlohmann::json& valu
 void check_model_config(const nlohmann::json& m) {
   check(m.is_object(), "the model configuration must be a JSON object of ModelConfig fields");
   for (const auto& [key, _] : kFields)
-    check(m.contains(key), std::string("the model configuration lacks model.") + key +
-                               ": export the checkpoint again with this seq2seq");
+    check(m.contains(key) || std::find(std::begin(kOptional), std::end(kOptional), std::string(key)) !=
+                                 std::end(kOptional),
+          std::string("the model configuration lacks model.") + key + ": export the checkpoint again with this seq2seq");
   for (const auto& [key, value] : m.items()) {
     const Kind* kind = nullptr;
     for (const auto& [k, type] : kFields)
@@ -71,7 +77,9 @@ std::unique_ptr<Model> create_model(const std::string& model_config_json, const 
     RnnConfig c{family, field<std::string>(m, "cell"), field<std::string>(m, "attention"), src_vocab, tgt_vocab,
                 field<int64_t>(m, "emb_dim"), field<int64_t>(m, "hidden"), field<int64_t>(m, "layers"),
                 field<int64_t>(m, "attention_dim"), field<bool>(m, "bidirectional"), field<bool>(m, "context_feed"),
-                field<bool>(m, "input_feed")};
+                field<bool>(m, "input_feed"), m.value("copy", false)};
+    check(!c.copy || family == "attention", "model.copy needs family attention, not " + family);
+    check(!c.copy || src_vocab == tgt_vocab, "model.copy needs one vocabulary for both sides (src_vocab = tgt_vocab)");
     return create_rnn(c, weights, compute_type);
   }
   if (family == "transformer") {

@@ -69,6 +69,7 @@ struct RnnConfig {
   std::string family, cell, attention;
   int64_t src_vocab, tgt_vocab, emb_dim, hidden, layers, attention_dim;
   bool bidirectional, context_feed, input_feed;
+  bool copy;  // attention: the pointer-generator of seq2seq/models.py (copy_mixture)
 };
 std::unique_ptr<Model> create_rnn(const RnnConfig& cfg, const Weights& weights, ComputeType type);
 

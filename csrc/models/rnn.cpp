@@ -3,7 +3,8 @@
 // general and concat scores after it).
 //
 // State: rows h0.., c0.. (LSTM), feed (Luong's input feeding), sentence;
-//        sources memory, keys (the attention's source-side projection), lengths, context.
+//        sources memory, keys (the attention's source-side projection), lengths, context,
+//        ids (the source tokens the copy mechanism copies).
 #include <ATen/ATen.h>
 
 #include "../common.h"
@@ -12,6 +13,8 @@
 
 namespace seq2seq {
 namespace {
+
+constexpr double kCopyFloor = 1e-30;  // seq2seq/models.py COPY_FLOOR
 
 class RnnModel : public Model {
  public:
@@ -27,7 +30,7 @@ class RnnModel : public Model {
   bool lstm_, luong_, additive_;
   std::vector<std::string> h_names_, c_names_;
   at::Tensor enc_embed_, dec_embed_, key_w_, v_;
-  Dense out_, query_, combine_;
+  Dense out_, query_, combine_, copy_gate_;
   std::vector<at::Tensor> enc_params_;  // in nn.LSTM/GRU _flat_weights order
   std::vector<Layer> dec_;
 };
@@ -86,6 +89,8 @@ RnnModel::RnnModel(const RnnConfig& s, const Weights& weights, ComputeType type)
       key_w_ = w.get("attn.key_proj.weight", {H, H});
     }
     if (luong_) combine_ = w.dense("combine.weight", "", H, 2 * H, type);
+    // One output: nothing for a lower precision to gain, and p_gen weighs every token.
+    if (s.copy) copy_gate_ = w.dense("copy_gate.weight", "copy_gate.bias", 1, 2 * H + E, ComputeType::Float32);
   }
   w.check_all_used();
 }
@@ -140,6 +145,7 @@ State RnnModel::encode(const std::vector<std::vector<int64_t>>& sources) const {
     state.sources["memory"] = mem;
     state.sources["keys"] = key_w_.defined() ? at::matmul(mem, key_w_.t()).contiguous() : mem;
     if (luong_ && cfg_.input_feed) state.rows["feed"] = at::zeros({N, cfg_.hidden}, at::kFloat);
+    if (cfg_.copy) state.sources["ids"] = src;
   }
   return state;
 }
@@ -180,18 +186,28 @@ Step RnnModel::step(int64_t, const at::Tensor& prev, State& state) const {
   }
   const std::optional<at::Tensor> v = additive_ ? std::optional<at::Tensor>(v_) : std::nullopt;
   const at::Tensor &keys = src.at("keys"), &memory = src.at("memory"), &lengths = src.at("lengths");
+  at::Tensor top, ctx, weights, logits;
   if (!luong_) {
     auto query = query_(rows.at(h_names_.back()));
-    auto [ctx, weights] = attention(query, keys, memory, lengths, sentence, v);
-    auto top = cell(at::cat({emb, ctx}, -1), rows);
-    return {out_(at::cat({top, ctx, emb}, -1)), weights};
+    std::tie(ctx, weights) = attention(query, keys, memory, lengths, sentence, v);
+    top = cell(at::cat({emb, ctx}, -1), rows);
+    logits = out_(at::cat({top, ctx, emb}, -1));
+  } else {
+    top = cell(cfg_.input_feed ? at::cat({emb, rows.at("feed")}, -1) : emb, rows);
+    auto query = additive_ ? query_(top) : top;
+    std::tie(ctx, weights) = attention(query, keys, memory, lengths, sentence, v);
+    auto attentional = at::tanh(combine_(at::cat({ctx, top}, -1)));
+    if (cfg_.input_feed) rows["feed"] = attentional;
+    logits = out_(attentional);
   }
-  auto top = cell(cfg_.input_feed ? at::cat({emb, rows.at("feed")}, -1) : emb, rows);
-  auto query = additive_ ? query_(top) : top;
-  auto [ctx, weights] = attention(query, keys, memory, lengths, sentence, v);
-  auto attentional = at::tanh(combine_(at::cat({ctx, top}, -1)));
-  if (cfg_.input_feed) rows["feed"] = attentional;
-  return {out_(attentional), weights};
+  if (!cfg_.copy) return {logits, weights};
+  // seq2seq/models.py copy_mixture: log(p_gen P_vocab + (1 - p_gen) P_copy). Log-probabilities
+  // are logits the search's log-softmax leaves as they are.
+  auto gate = copy_gate_(at::cat({ctx, top, emb}, -1));
+  auto copied = at::zeros_like(logits).scatter_add_(1, src.at("ids").index_select(0, sentence), weights);
+  auto mixed = at::logaddexp(at::log_sigmoid(gate) + at::log_softmax(logits, -1),
+                             at::log_sigmoid(-gate) + at::log(copied.clamp_min(kCopyFloor)));
+  return {mixed, weights};
 }
 
 }  // namespace
