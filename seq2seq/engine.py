@@ -29,8 +29,9 @@ def decoder_step_matrix(name: str, tensor) -> bool:
     """Whether a state_dict tensor is a matrix the decoder multiplies by at every step: the
     ones the compute types int8 and bfloat16 convert (csrc/layers/dense.h). Embedding tables
     are lookups; the encoder, the source-side key projections (RNN attention and the
-    Transformer's cross-attention keys/values) run once per sentence."""
-    if tensor.dim() != 2 or "embed" in name or name == "pos.weight":
+    Transformer's cross-attention keys/values) run once per sentence. The copy gate has one
+    output, which weighs every token of the step: it stays float32."""
+    if tensor.dim() != 2 or "embed" in name or name == "pos.weight" or name.startswith("copy_gate."):
         return False
     if name.startswith(("encoder.", "enc.")) or "key_proj" in name:
         return False
