@@ -27,10 +27,46 @@ struct WaitTimedOut : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The batches run since the last flush, for the on_batch callback. The workers only append:
+// taking the GIL from a worker could wait out the interpreter's switch interval per batch.
+// A caller whose job is answered passes them on, holding the GIL anyway.
+struct BatchLog {
+  std::mutex mu;
+  std::vector<std::pair<int64_t, int64_t>> pending;  // (sentences, queued) per batch
+  PyObject* record = nullptr;  // borrowed from PyBatcher::on_batch_; null once it is gone
+
+  void add(int64_t sentences, int64_t queued) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (record) pending.emplace_back(sentences, queued);
+  }
+  // With the GIL held. No thread holding mu waits for the GIL, so taking mu here is safe.
+  void flush() {
+    std::vector<std::pair<int64_t, int64_t>> taken;
+    PyObject* fn;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      taken.swap(pending);
+      fn = record;
+    }
+    if (!fn) return;
+    for (const auto& [sentences, queued] : taken) {
+      try {
+        py::handle callback(fn);
+        callback(sentences, queued);
+      } catch (py::error_already_set& e) {  // a metric's failure must not cost the caller its answer
+        e.discard_as_unraisable("seq2seq._C.Batcher on_batch");
+      }
+    }
+  }
+};
+
 // One job's answer, filled by a worker thread (or by abandon) and read by its caller.
 class PendingJob {
  public:
-  explicit PendingJob(std::shared_ptr<std::atomic<bool>> cancelled) : cancelled_(std::move(cancelled)) {}
+  PendingJob(std::shared_ptr<std::atomic<bool>> cancelled, std::shared_ptr<BatchLog> log)
+      : log(std::move(log)), cancelled_(std::move(cancelled)) {}
+
+  const std::shared_ptr<BatchLog> log;
 
   void finish(Outcome outcome) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -130,14 +166,10 @@ class PyBatcher {
       throw std::invalid_argument("Batcher: run must be a seq2seq._C.Engine or a callable (ids, options, abandoned)");
     }
     if (!on_batch_.is_none()) {
-      const py::handle record = on_batch_;
-      body = [body = std::move(body), record, this](const std::vector<std::vector<int64_t>>& s,
-                                                    const DecodeOptions& o, const Abandoned& a) {
-        const int64_t queued = batcher_->queued();
-        {
-          py::gil_scoped_acquire gil;
-          record(s.size(), queued);
-        }
+      log_->record = on_batch_.ptr();
+      body = [body = std::move(body), this](const std::vector<std::vector<int64_t>>& s, const DecodeOptions& o,
+                                            const Abandoned& a) {
+        log_->add(static_cast<int64_t>(s.size()), batcher_->queued());
         return body(s, o, a);
       };
     }
@@ -146,9 +178,13 @@ class PyBatcher {
   }
 
   ~PyBatcher() {
-    // The workers may be waiting for the GIL in a Python run: let them finish first.
-    py::gil_scoped_release release;
-    batcher_.reset();
+    {
+      // The workers may be waiting for the GIL in a Python run: let them finish first.
+      py::gil_scoped_release release;
+      batcher_.reset();
+    }
+    std::lock_guard<std::mutex> lock(log_->mu);  // jobs may outlive the batcher, not on_batch_
+    log_->record = nullptr;
   }
 
   std::vector<std::shared_ptr<PendingJob>> submit(std::vector<std::vector<int64_t>> ids, const DecodeOptions& opts,
@@ -160,7 +196,7 @@ class PyBatcher {
     auto cancelled = std::make_shared<std::atomic<bool>>(false);
     std::vector<std::shared_ptr<PendingJob>> jobs;
     const auto done_for = [&](size_t, size_t) {
-      jobs.push_back(std::make_shared<PendingJob>(cancelled));
+      jobs.push_back(std::make_shared<PendingJob>(cancelled, log_));
       return [job = jobs.back()](Outcome outcome) { job->finish(std::move(outcome)); };
     };
     std::string why;
@@ -174,6 +210,7 @@ class PyBatcher {
 
  private:
   py::object run_, on_batch_;
+  std::shared_ptr<BatchLog> log_ = std::make_shared<BatchLog>();
   std::unique_ptr<Batcher> batcher_;
 };
 
@@ -186,8 +223,23 @@ void bind_batcher(py::module& m) {
   py::register_exception<WaitTimedOut>(m, "WaitTimedOut", PyExc_TimeoutError);
 
   py::class_<PendingJob, std::shared_ptr<PendingJob>>(m, "BatchJob")
-      .def("result", [](PendingJob& j, std::optional<double> timeout) { return j.result(timeout.value_or(-1)); },
-           py::arg("timeout") = std::nullopt, py::call_guard<py::gil_scoped_release>(),
+      .def("result",
+           [](PendingJob& j, std::optional<double> timeout) {
+             Results out;
+             std::exception_ptr error;
+             {
+               py::gil_scoped_release release;
+               try {
+                 out = j.result(timeout.value_or(-1));
+               } catch (...) {
+                 error = std::current_exception();
+               }
+             }
+             j.log->flush();  // the batches run meanwhile, to on_batch
+             if (error) std::rethrow_exception(error);
+             return out;
+           },
+           py::arg("timeout") = std::nullopt,
            "The sentences' hypotheses. Raises WaitTimedOut (a TimeoutError) after timeout seconds, "
            "DeadlineExpired when the request's deadline passed first, Abandoned when its caller went away, "
            "ValueError for input the engine refused")

@@ -297,9 +297,13 @@ def test_the_engine_behind_it_answers_as_when_called_directly(tmp_path):
     export = random_export(tmp_path / "m", "bahdanau-gru-bi")
     engine, opts = Engine(export), DecodingOptions(beam_size=3, n_best=2, return_attention=True)
     sources = [[4 + (i * 5 + j) % 19 for j in range(1 + i % 7)] for i in range(20)]
-    batches = []
-    batcher = _C.Batcher(engine.native, max_batch=8, max_delay=0.05, workers=2,
-                         on_batch=lambda sentences, queued: batches.append(sentences))
+    batches, threads = [], set()
+
+    def on_batch(sentences, queued):
+        batches.append(sentences)
+        threads.add(threading.get_ident())
+
+    batcher = _C.Batcher(engine.native, max_batch=8, max_delay=0.05, workers=2, on_batch=on_batch)
     jobs = [job for i in range(0, 20, 5) for job in batcher.submit(sources[i:i + 5], engine_options(opts))]
     got = [h for job in jobs for h in from_engine(job.result(60))]
     batcher.close()
@@ -308,3 +312,5 @@ def test_the_engine_behind_it_answers_as_when_called_directly(tmp_path):
     assert [h.score for s in got for h in s] == pytest.approx([h.score for s in want for h in s], abs=1e-5)
     assert all(h.attention.shape == w.attention.shape for s, t in zip(got, want) for h, w in zip(s, t))
     assert sum(batches) == 20 and batcher.stats["sentences"] == 20
+    # Passed on by the callers (which hold the GIL anyway), never by a worker waiting for it.
+    assert threads == {threading.get_ident()}
