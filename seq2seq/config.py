@@ -33,6 +33,10 @@ class DataConfig:
     max_len: int = 0  # 0: no maximum
     max_ratio: float = 0.0  # 0: no ratio filter
     dedup: bool = False
+    # Cut training sources to their first N words before the filters (0: never), so long
+    # texts still teach their opening instead of being dropped by max_len (summarization).
+    # Evaluation always reads the whole text.
+    truncate_source: int = 0
 
     # Deterministic split for corpora that have none (Tatoeba, a user's single file).
     val_size: int = 1000
@@ -74,7 +78,7 @@ def check_choices(config: object, choices: dict[str, tuple[str, ...]]) -> None:
 def validate_data_config(cfg: DataConfig) -> None:
     check_choices(cfg, {"tokenizer": ("sentencepiece", "word"), "sp_model_type": ("bpe", "unigram", "char"),
                         "task": ("", "translation", "transliteration", "summarization")})
-    for name in ("min_len", "max_len", "val_size", "test_size", "vocab_size", "min_freq",
+    for name in ("min_len", "max_len", "truncate_source", "val_size", "test_size", "vocab_size", "min_freq",
                  "max_tokens", "batch_size", "bucket_pool"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"DataConfig.{name} must be >= 0, got {getattr(cfg, name)}")

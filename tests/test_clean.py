@@ -35,3 +35,23 @@ def test_filters_touch_only_the_training_split(tmp_path):
     assert max(len(s.split()) for s, _ in data.splits["train"]) <= 3
     assert max(len(s.split()) for s, _ in data.splits["test"]) > 3
     assert any("filter 'longer than 3 words' removed" in line for line in data.log)
+
+
+def test_truncate_source_cuts_training_texts_instead_of_dropping_them(tmp_path):
+    path = tmp_path / "p.tsv"
+    path.write_text("".join(f"{'w ' * (1 + i % 7)}end{i}\tsyn{i}\n" for i in range(300)))
+    cfg = DataConfig(files=(str(path),), val_size=50, test_size=50, truncate_source=4, max_len=4)
+    data = load_dataset(cfg)
+    full = load_dataset(DataConfig(files=(str(path),), val_size=50, test_size=50))
+    assert len(data.splits["train"]) == len(full.splits["train"])  # nothing dropped by max_len
+    for (src, tgt), (whole, same) in zip(data.splits["train"], full.splits["train"]):
+        assert tgt == same and src == " ".join(whole.split()[:4])
+    cut = sum(len(s.split()) > 4 for s, _ in full.splits["train"])
+    assert cut and f"cut {cut} source(s) to their first 4 words" in " ".join(data.log)
+    assert data.splits["test"] == full.splits["test"]  # evaluation reads whole texts
+
+
+def test_truncate_source_must_not_be_negative():
+    import pytest
+    with pytest.raises(Exception, match="truncate_source must be >= 0"):
+        load_dataset(DataConfig(files=("x.tsv",), truncate_source=-1))

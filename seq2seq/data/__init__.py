@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from seq2seq.config import DataConfig, validate_data_config
 from seq2seq.data.batching import Batch, BatchIterator, Example, bucket_batches, collate, make_example
-from seq2seq.data.clean import filter_pairs, normalize, normalize_pairs
+from seq2seq.data.clean import filter_pairs, normalize, normalize_pairs, truncate_sources
 from seq2seq.data.corpora import REGISTRY, SYNTHETIC_TASKS, Corpus, DataError, Pair, data_dir, open_corpus
 from seq2seq.data.tokenizers import BOS, EOS, PAD, SPECIALS, UNK, PairTokenizer
 
@@ -51,6 +51,9 @@ def load_dataset(cfg: DataConfig, splits: list[str] | None = None) -> Dataset:
         kept = [p for p in pairs if p[0] and p[1]]
         if len(kept) != len(pairs):
             data.log.append(f"{where}: skipped {len(pairs) - len(kept)} pair(s) empty after normalization")
+        if split == "train" and cfg.truncate_source:
+            kept, cut = truncate_sources(kept, cfg.truncate_source)
+            data.log.append(f"{where}: cut {cut} source(s) to their first {cfg.truncate_source} words")
         if split == "train":
             kept, steps = filter_pairs(kept, cfg.min_len, cfg.max_len, cfg.max_ratio, cfg.dedup)
             data.log += [f"{where}: filter '{s.name}' removed {s.removed} pair(s)" for s in steps]

@@ -29,6 +29,17 @@ def normalize_pairs(pairs: list[Pair], lowercase: bool = False, ascii_fold: bool
     return [(normalize(s, lowercase, ascii_fold), normalize(t, lowercase, ascii_fold)) for s, t in pairs]
 
 
+def truncate_sources(pairs: list[Pair], words: int) -> tuple[list[Pair], int]:
+    """Cut each source to its first ``words`` words; returns the pairs and how many were cut."""
+    out, cut = [], 0
+    for src, tgt in pairs:
+        tokens = src.split(" ")
+        if len(tokens) > words:
+            src, cut = " ".join(tokens[:words]), cut + 1
+        out.append((src, tgt))
+    return out, cut
+
+
 @dataclass
 class FilterStep:
     name: str
