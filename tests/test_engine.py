@@ -191,6 +191,50 @@ def test_onednn_product_matches_torch_linear(rows, inputs, outputs, bias):
                                rtol=1e-5, atol=1e-5 * inputs ** 0.5)
 
 
+def int8_rows_or_skip(x, w, scale=None, b=None):
+    try:
+        return torch.ops.seq2seq.linear_int8_rows(x, w, scale, b)
+    except RuntimeError as e:
+        if "no AVX2" in str(e):
+            pytest.skip("this build has no AVX2 int8 kernel")
+        raise
+
+
+@pytest.mark.parametrize("rows,inputs,outputs", [(1, 256, 4000), (2, 1024, 256), (3, 17, 33), (8, 100, 7)])
+def test_int8_rows_product_is_the_exact_integer_product(rows, inputs, outputs):
+    gen = torch.Generator().manual_seed(inputs)
+    x, w, b = (torch.randn(rows, inputs, generator=gen), torch.randn(outputs, inputs, generator=gen),
+               torch.randn(outputs, generator=gen))
+    x[0, :] = 0  # a row of zeros has no scale: its product is the bias
+    got = int8_rows_or_skip(x, w, None, b)
+    # The same quantization done here: weights per output channel, each row of x on its own
+    # scale, both to -127..127; the sums of integer products are exact.
+    w_scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
+    qw = (w / w_scale[:, None]).round().clamp(-127, 127)
+    amax = x.abs().amax(1)
+    qx = (x * torch.where(amax > 0, 127 / amax, 0)[:, None]).round().clamp(-127, 127)
+    sums = (qx.double() @ qw.double().t()).float()
+    expected = sums * ((amax / 127)[:, None] * w_scale[None, :]) + b
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[0], b, rtol=0, atol=0)
+    # Within int8's rounding of the float32 product.
+    exact = F.linear(x, w, b)
+    assert ((got - exact).abs().max() / exact.abs().max()).item() < 0.03
+    # Each row is quantized on its own: its result does not depend on the rows beside it.
+    for r in range(rows):
+        assert torch.equal(int8_rows_or_skip(x[r:r + 1], w, None, b)[0], got[r])
+    # Weights quantized once and passed with their scales give the same.
+    assert torch.equal(int8_rows_or_skip(x, qw.to(torch.int8), w_scale, b), got)
+
+
+def test_int8_rows_errors_are_clear():
+    x, w = torch.randn(2, 8), torch.randn(3, 9)
+    with pytest.raises((ValueError, RuntimeError), match="x has 8 columns, the weights 9|no AVX2"):
+        torch.ops.seq2seq.linear_int8_rows(x, w, None, None)
+    with pytest.raises(RuntimeError, match="float32 scales"):
+        torch.ops.seq2seq.linear_int8_rows(x, w.to(torch.int8)[:, :8], None, None)
+
+
 def test_op_errors_are_clear():
     query, keys, memory, lengths, sentence, v = attention_inputs(True)
     with pytest.raises(Exception, match="keys' last dimension"):

@@ -8,6 +8,10 @@
 
 namespace seq2seq {
 
+// Up to this many rows the int8 product is our own kernel, beyond it FBGEMM's
+// (measured per shape: benchmarks/int8_rows.py).
+constexpr int64_t kInt8FewRows = 2;
+
 ComputeType parse_compute_type(const std::string& name) {
   if (name == "float32") return ComputeType::Float32;
   if (name == "int8") return ComputeType::Int8;
@@ -29,6 +33,7 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
   switch (type) {
     case ComputeType::Int8:
       int8_ = pack_int8(weight, bias_.defined() ? std::optional<at::Tensor>(bias_) : std::nullopt);
+      int8_rows_ = quantize_int8_rows(weight);
       break;
     case ComputeType::BFloat16:
       try {
@@ -58,7 +63,8 @@ at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
   at::Tensor y;
   switch (type_) {
     case ComputeType::Int8:
-      y = linear_int8(x, int8_);
+      y = int8_rows_.defined() && x.size(0) <= kInt8FewRows ? linear_int8_rows(x, int8_rows_, bias_)
+                                                             : linear_int8(x, int8_);
       break;
     case ComputeType::BFloat16: {
       // bfloat16 inputs and outputs, float32 sums; the bias added in float32.

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "../ops/ops.h"
+
 namespace seq2seq {
 
 enum class ComputeType { Float32, Int8, BFloat16 };
@@ -42,7 +44,8 @@ class Dense {
                                    // and oneDNN's packed layout
   at::Tensor bf16_;                // bfloat16: oneDNN's packed bf16 layout, where the CPU has it
   bool bf16_onednn_ = false;
-  c10::IValue int8_;               // int8: FBGEMM's packed per-channel weights
+  c10::IValue int8_;               // int8: FBGEMM's packed per-channel weights, for batches
+  Int8Rows int8_rows_;             // int8: the same weights unpacked, for a few rows (AVX2)
 };
 
 using Weights = std::map<std::string, at::Tensor>;

@@ -15,6 +15,9 @@ TORCH_LIBRARY(seq2seq, m) {
         "int count) -> (Tensor, Tensor)");
   // The engine's oneDNN product, packing the weight at every call: for tests.
   m.def("linear_onednn(Tensor x, Tensor weight, Tensor? bias, bool relu=False) -> Tensor");
+  // The engine's int8 product of a few rows, for tests and benchmarks: float32 weights are
+  // quantized per output channel at the call, int8 weights come with their scales.
+  m.def("linear_int8_rows(Tensor x, Tensor weight, Tensor? scale, Tensor? bias) -> Tensor");
 }
 
 namespace seq2seq {

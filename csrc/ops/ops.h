@@ -63,4 +63,18 @@ at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed);
 // The bits linear_int8 gives each activation on this CPU: 8, or 7 without VNNI.
 int64_t int8_activation_bits();
 
+// The same per-channel int8 weights as pack_int8, unpacked: q (out, in) int8 and scale (out)
+// float32, for linear_int8_rows. Undefined tensors where the build lacks AVX2.
+struct Int8Rows {
+  at::Tensor q, scale;
+  bool defined() const { return q.defined(); }
+};
+Int8Rows quantize_int8_rows(const at::Tensor& weight);
+
+// x @ dequantized(weight).T + bias for a few rows: each row of x quantized on its own,
+// symmetrically to -127..127, and multiplied with AVX2's 8-bit products (exact 32-bit sums).
+// FBGEMM's per-call set-up costs 15-20 us a product, more than a decoding step of one
+// sentence spends in most of its products; it stays for batches (linear_int8).
+at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const at::Tensor& bias);
+
 }  // namespace seq2seq

@@ -1,9 +1,18 @@
 // The matrix products of layers::Dense on the CPU: oneDNN (float32, bfloat16) and FBGEMM
-// (int8) through PyTorch's own operators, never a hand-written GEMM.
+// (int8) through PyTorch's own operators, never a hand-written GEMM; the one kernel of our
+// own is the int8 product of a few rows (linear_int8_rows), where FBGEMM's set-up per call
+// costs more than the arithmetic.
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <ATen/cpu/Utils.h>
 #include <torch/library.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include <vector>
 
 #include "../ops.h"
 #include "vec.h"
@@ -77,6 +86,116 @@ at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed) {
   return stack[0].toTensor();
 }
 
+#if defined(__AVX2__)
+namespace {
+
+inline int32_t lane_sum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// acc += 32 products x[k] * w[k] summed in pairs into 8 int32 lanes. maddubs multiplies
+// unsigned by signed bytes, so |x| goes in unsigned and x's sign moves onto w; with both
+// in -127..127 a pair sums to at most 2 * 127 * 127 < 2^15, so its 16-bit sum never saturates.
+inline __m256i dot32(__m256i acc, __m256i abs_x, __m256i x, const int8_t* w) {
+  const __m256i signed_w = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)), x);
+  const __m256i pairs = _mm256_maddubs_epi16(abs_x, signed_w);
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+// sums[j] = x . w[j] for N weight rows of length n (a stride of n apart), exactly in int32.
+template <int N>
+inline void dot_rows(const int8_t* x, const uint8_t* abs_x, const int8_t* w, int64_t n, int32_t* sums) {
+  __m256i acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
+    const __m256i ax = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(abs_x + k));
+    for (int j = 0; j < N; ++j) acc[j] = dot32(acc[j], ax, xv, w + j * n + k);
+  }
+  for (int j = 0; j < N; ++j) {
+    int32_t sum = lane_sum(acc[j]);
+    for (int64_t t = k; t < n; ++t) sum += int32_t(x[t]) * int32_t(w[j * n + t]);
+    sums[j] = sum;
+  }
+}
+
+}  // namespace
+#endif
+
+Int8Rows quantize_int8_rows(const at::Tensor& weight) {
+#if defined(__AVX2__)
+  check_float(weight, "weight", 2);
+  const auto w = weight.contiguous();
+  const auto scale = (w.abs().amax(1) / 127.0).clamp_min(1e-12);  // pack_int8's scales
+  const auto q = (w / scale.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar).contiguous();
+  return {q, scale.contiguous()};
+#else
+  (void)weight;
+  return {};
+#endif
+}
+
+at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const at::Tensor& bias) {
+#if defined(__AVX2__)
+  check_float(x, "x", 2);
+  check(weight.defined(), "linear_int8_rows needs weights from quantize_int8_rows on a CPU with AVX2");
+  const int64_t rows = x.size(0), n = x.size(1), out = weight.q.size(0);
+  check(weight.q.size(1) == n, "x has " + std::to_string(n) + " columns, the weights " +
+                                   std::to_string(weight.q.size(1)));
+  const auto xc = x.contiguous();
+  const float* xp = xc.data_ptr<float>();
+  // Each row on its own scale: a row's result does not depend on the rows beside it.
+  std::vector<int8_t> xq(rows * n);
+  std::vector<uint8_t> abs_xq(rows * n);
+  std::vector<float> x_scale(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = xp + r * n;
+    float amax = 0.f;
+    for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(row[k]));
+    x_scale[r] = amax / 127.f;
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int64_t k = 0; k < n; ++k) {
+      const float q = std::min(127.f, std::max(-127.f, std::nearbyint(row[k] * inv)));
+      xq[r * n + k] = int8_t(q);
+      abs_xq[r * n + k] = uint8_t(std::fabs(q));
+    }
+  }
+  auto y = at::empty({rows, out}, x.options());
+  float* yp = y.data_ptr<float>();
+  const int8_t* wq = weight.q.data_ptr<int8_t>();
+  const float* ws = weight.scale.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  constexpr int64_t kBlock = 4;  // weight rows per pass: x is loaded once for four of them
+  auto outputs = [&](int64_t block_begin, int64_t block_end) {
+    int32_t sums[kBlock];
+    for (int64_t o = block_begin * kBlock; o < std::min(out, block_end * kBlock);) {
+      const int64_t count = out - o >= kBlock ? kBlock : 1;
+      for (int64_t r = 0; r < rows; ++r) {
+        if (count == kBlock) dot_rows<kBlock>(&xq[r * n], &abs_xq[r * n], wq + o * n, n, sums);
+        else dot_rows<1>(&xq[r * n], &abs_xq[r * n], wq + o * n, n, sums);
+        for (int64_t j = 0; j < count; ++j)
+          yp[r * out + o + j] = float(sums[j]) * (x_scale[r] * ws[o + j]) + (bp ? bp[o + j] : 0.f);
+      }
+      o += count;
+    }
+  };
+  const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
+  // Split the weight rows across the threads when there is enough to split (as Dense's float32 path).
+  if (threads > 1 && rows * n * out >= (int64_t{1} << 16))
+    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, outputs);
+  else
+    outputs(0, blocks);
+  return y;
+#else
+  (void)x, (void)bias;
+  check(weight.defined(), "linear_int8_rows needs weights from quantize_int8_rows on a CPU with AVX2");
+  return at::Tensor();
+#endif
+}
 
 namespace {
 
@@ -88,7 +207,26 @@ at::Tensor linear_onednn_op(const at::Tensor& x, const at::Tensor& weight, const
   return linear_onednn(x, packed, bias.value_or(at::Tensor()), relu);
 }
 
+// The few-rows int8 product for tests and benchmarks: float32 weights are quantized at the
+// call; int8 weights (from an earlier call's quantization) come with their scales.
+at::Tensor linear_int8_rows_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& scale,
+                               const std::optional<at::Tensor>& bias) {
+  Int8Rows q;
+  if (weight.scalar_type() == at::kChar) {
+    TORCH_CHECK(scale.has_value() && scale->scalar_type() == at::kFloat && scale->numel() == weight.size(0),
+                "int8 weights need their float32 scales, one per output");
+    q = {weight.contiguous(), scale->contiguous()};
+  } else {
+    q = quantize_int8_rows(weight);
+  }
+  TORCH_CHECK(q.defined(), "this build has no AVX2 int8 kernel");
+  return linear_int8_rows(x, q, bias.value_or(at::Tensor()));
+}
+
 }  // namespace
 }  // namespace seq2seq
 
-TORCH_LIBRARY_IMPL(seq2seq, CPU, m) { m.impl("linear_onednn", &seq2seq::linear_onednn_op); }
+TORCH_LIBRARY_IMPL(seq2seq, CPU, m) {
+  m.impl("linear_onednn", &seq2seq::linear_onednn_op);
+  m.impl("linear_int8_rows", &seq2seq::linear_int8_rows_op);
+}
