@@ -343,7 +343,9 @@ def cmd_bench(args) -> int:
             for t in types:
                 # Each compute type in a process of its own, as every peer: in one process the
                 # engine measured up to 2x slower than alone (int8 greedy:1, docs/bench.md).
-                name = "cpp" if len(types) == 1 else f"cpp {t}"
+                # The type in the name whenever it is not float32: the limit lines and the
+                # CTranslate2 ratio read it from there.
+                name = "cpp" if types == ["float32"] else f"cpp {t}"
                 translators[name] = bench.Isolated(load_backend, backend="cpp", model=model_dir, device="cpu",
                                                    threads=args.threads, folder=Path(tmp) / t, compute_type=t)
         if args.backend in ("python", "both"):

@@ -87,3 +87,8 @@ def test_bench_command_runs_the_engine_alone_in_two_compute_types(tmp_path, caps
     printed = capsys.readouterr().out
     assert "| greedy:2 | cpp float32 |" in printed and "| greedy:2 | cpp int8 |" in printed
     assert "python" not in printed.split("\n\n", 1)[1]
+    # One lower-precision type alone keeps its name, so its limit lines count its own bytes.
+    assert main(["bench", "--model", str(folder), "--input", str(text), "--cases", "greedy:1", "--backend", "cpp",
+                 "--compute-type", "int8", "--max-length", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "| greedy:1 | cpp int8 |" in printed and "memory, greedy:1, cpp int8:" in printed
