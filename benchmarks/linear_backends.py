@@ -1,6 +1,6 @@
 """MKL's sgemm against oneDNN with prepacked weights, the two ways the engine multiplies a
-batch of rows by a float32 matrix (csrc/layers/dense.cpp: Dense::float32), on --threads
-threads (one by default).
+batch of rows by a float32 matrix (csrc/layers/dense.cpp: Dense::float32), and for one row
+the engine's own kernel (linear_float_row), on --threads threads (one by default).
 
     python benchmarks/linear_backends.py --shapes 4000x640,768x640,768x256,128x256 --rows 1,2,5,32,160
 
@@ -42,7 +42,10 @@ def main() -> int:
     if not torch.backends.mkldnn.is_available():
         raise SystemExit("this torch build has no oneDNN")
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
-    print("| OUTxIN | rows | MKL addmm, us | oneDNN, us | MKL / oneDNN | the engine uses |\n|---|---:|---:|---:|---:|---|")
+    import seq2seq._C  # noqa: F401  (torch.ops.seq2seq)
+
+    print("| OUTxIN | rows | MKL addmm, us | oneDNN, us | MKL / oneDNN | one-row kernel, us | MKL / kernel "
+          "| the engine uses |\n|---|---:|---:|---:|---:|---:|---:|---|")
     for shape in args.shapes.split(","):
         out, inp = (int(v) for v in shape.split("x"))
         w, b = torch.randn(out, inp), torch.randn(out)
@@ -52,8 +55,13 @@ def main() -> int:
             mkl = per_call_us(lambda: torch.addmm(b, x, wt), rounds=args.rounds)
             dnnl = per_call_us(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""),
                                rounds=args.rounds)
-            engine = "oneDNN" if rows >= 2 and rows * out * inp >= 1 << 19 else "MKL"
-            print(f"| {shape} | {rows} | {mkl:.0f} | {dnnl:.0f} | {mkl / dnnl:.2f} | {engine} |", flush=True)
+            own = ""
+            if rows == 1:
+                kernel = per_call_us(lambda: torch.ops.seq2seq.linear_float_row(x, wt, b), rounds=args.rounds)
+                own = f"{kernel:.0f} | {mkl / kernel:.2f}"
+            engine = "kernel" if rows == 1 else "oneDNN" if rows * out * inp >= 1 << 19 else "MKL"
+            print(f"| {shape} | {rows} | {mkl:.0f} | {dnnl:.0f} | {mkl / dnnl:.2f} | {own or ' | '} | {engine} |",
+                  flush=True)
     return 0
 
 

@@ -235,6 +235,42 @@ def test_int8_rows_errors_are_clear():
         torch.ops.seq2seq.linear_int8_rows(x, w.to(torch.int8)[:, :8], None, None)
 
 
+@pytest.mark.parametrize("inputs,outputs", [(256, 4000), (1024, 256), (17, 33), (7, 13), (256, 1024)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_float_row_product_matches_the_double_product(inputs, outputs, bias):
+    gen = torch.Generator().manual_seed(inputs * outputs)
+    x, w = torch.randn(1, inputs, generator=gen), torch.randn(outputs, inputs, generator=gen)
+    b = torch.randn(outputs, generator=gen) if bias else None
+    exact = F.linear(x.double(), w.double(), None if b is None else b.double())
+    w = w.t().contiguous()  # (in, out), as the engine keeps it
+    got = torch.ops.seq2seq.linear_float_row(x, w, b)
+    assert got.shape == (1, outputs) and got.dtype == torch.float32
+    # float32 sums of terms of size ~1: within a few units of rounding of sqrt(inputs)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5 * inputs ** 0.5)
+    torch.testing.assert_close(torch.ops.seq2seq.linear_float_row(x, w, b, relu=True).double(), exact.relu(),
+                               rtol=1e-5, atol=1e-5 * inputs ** 0.5)
+    # Each column is summed in the same order whichever thread takes it: split or not, the
+    # same bits.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = torch.ops.seq2seq.linear_float_row(x, w, b)
+        torch.set_num_threads(2)
+        assert torch.equal(torch.ops.seq2seq.linear_float_row(x, w, b), alone)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_float_row_errors_are_clear():
+    x, w = torch.randn(1, 8), torch.randn(8, 3)
+    with pytest.raises((ValueError, RuntimeError), match="one row, not 2"):
+        torch.ops.seq2seq.linear_float_row(torch.randn(2, 8), w, None)
+    with pytest.raises((ValueError, RuntimeError), match="x has 8 columns, the weights 9 rows"):
+        torch.ops.seq2seq.linear_float_row(x, torch.randn(9, 3), None)
+    with pytest.raises((ValueError, RuntimeError), match="bias must hold 3 float32 values"):
+        torch.ops.seq2seq.linear_float_row(x, w, torch.randn(4))
+
+
 def test_op_errors_are_clear():
     query, keys, memory, lengths, sentence, v = attention_inputs(True)
     with pytest.raises(Exception, match="keys' last dimension"):

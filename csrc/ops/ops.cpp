@@ -18,6 +18,9 @@ TORCH_LIBRARY(seq2seq, m) {
   // The engine's int8 product of a few rows, for tests and benchmarks: float32 weights are
   // quantized per output channel at the call, int8 weights come with their scales.
   m.def("linear_int8_rows(Tensor x, Tensor weight, Tensor? scale, Tensor? bias) -> Tensor");
+  // The engine's float32 product of one row, for tests and benchmarks: weight_t (in, out) is
+  // nn.Linear's weight transposed, the layout Dense keeps.
+  m.def("linear_float_row(Tensor x, Tensor weight_t, Tensor? bias, bool relu=False) -> Tensor");
 }
 
 namespace seq2seq {

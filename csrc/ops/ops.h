@@ -77,4 +77,9 @@ Int8Rows quantize_int8_rows(const at::Tensor& weight);
 // sentence spends in most of its products; it stays for batches (linear_int8).
 at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const at::Tensor& bias);
 
+// x (1, in) @ wt (in, out) + bias, then max(0, .) with relu: the float32 product of one row
+// (a greedy decoding step of one sentence). MKL's matrix-vector kernel takes its generic
+// path on AMD CPUs; this one runs 1.7-2x faster on the products that fit the caches.
+at::Tensor linear_float_row(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, bool relu = false);
+
 }  // namespace seq2seq

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
@@ -48,6 +49,19 @@ inline float tanh_rational(float x) {
 typedef float vfloat __attribute__((vector_size(SEQ2SEQ_VECTOR_BYTES)));
 typedef int32_t vint __attribute__((vector_size(SEQ2SEQ_VECTOR_BYTES)));
 constexpr int64_t kLanes = SEQ2SEQ_VECTOR_BYTES / sizeof(float);
+
+// a * b + c rounded once where the CPU has FMA. The builds turn GCC's own fusing off
+// (-ffp-contract=off) so that the other kernels round alike on every build; the one-row
+// product asks for it here, where it is the arithmetic (linear_float_row).
+inline vfloat fma_lanes(vfloat a, vfloat b, vfloat c) {
+#if defined(__AVX512F__)
+  return _mm512_fmadd_ps(a, b, c);
+#elif defined(__FMA__) && defined(__AVX__)
+  return _mm256_fmadd_ps(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
 
 inline vfloat load_lanes(const float* x) {
   vfloat v;
