@@ -28,18 +28,24 @@ from seq2seq.config import DataConfig, DecodingOptions
 POSITIONAL = {"corpus", "files"}
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: set[str]) -> None:
-    """One ``--flag`` per dataclass field, typed and defaulted from the dataclass."""
-    group = parser.add_argument_group(f"{cls.__name__} options (seq2seq/config.py)")
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: set[str], unset: bool = False,
+                     title: str = "") -> None:
+    """One ``--flag`` per dataclass field, typed and defaulted from the dataclass. With
+    ``unset`` a flag not given stays None, so that a model's own defaults can fill it
+    (decoding_options)."""
+    group = parser.add_argument_group(title or f"{cls.__name__} options (seq2seq/config.py)")
     for f in fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
+        helped = {"default": default}
+        if unset:
+            helped = {"default": None, "help": f"unset: {default}" if title else f"default: the model's, else {default}"}
         if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, **helped)
         else:
-            group.add_argument(flag, dest=f.name, type=type(default), default=default, metavar=type(default).__name__.upper())
+            group.add_argument(flag, dest=f.name, type=type(default), metavar=type(default).__name__.upper(), **helped)
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **extra):
@@ -159,11 +165,19 @@ def cmd_train(args, overrides: list[str]) -> int:
     return 0
 
 
-def decoding_options(args, **extra) -> DecodingOptions:
+def decoding_options(args, model: str | None = None, **extra) -> DecodingOptions:
+    """The flags given, over the decoding defaults of the export ``model`` names (seq2seq
+    export --alpha ...; none for a checkpoint), over DecodingOptions' own."""
     from seq2seq.config import validate_decoding_options
+    from seq2seq.export import decoding_defaults
 
-    opts = config_from_args(DecodingOptions, args, **extra)
+    defaults = decoding_defaults(model) if model else {}
+    given = {f.name: getattr(args, f.name) for f in fields(DecodingOptions) if getattr(args, f.name, None) is not None}
+    opts = DecodingOptions(**{**defaults, **given, **extra})
     validate_decoding_options(opts)
+    used = {k: v for k, v in defaults.items() if k not in given and k not in extra}
+    if used:
+        print("the model's decoding defaults: " + ", ".join(f"{k}={v}" for k, v in used.items()), file=sys.stderr)
     return opts
 
 
@@ -179,8 +193,9 @@ def read_sources(args) -> list[str]:
 def cmd_translate(args) -> int:
     from seq2seq.translate import Translator
 
-    opts = decoding_options(args)  # bad options fail before the model loads
+    decoding_options(args)  # bad options fail before the model loads
     translator = Translator(args.model, device=args.device)
+    opts = decoding_options(args, args.model)
     sources = read_sources(args)
     results = translator.translate(sources, opts, progress=bool(args.input) and not args.quiet)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
@@ -219,11 +234,12 @@ def cmd_evaluate(args) -> int:
     from seq2seq.data import load_dataset
     from seq2seq.evaluate import evaluate, headline, markdown, parity, write_report
 
-    opts = decoding_options(args)  # bad options fail before the model loads
+    decoding_options(args)  # bad options fail before the model loads
     backends = ["cpp", "python"] if args.backend == "both" else [args.backend]
     with tempfile.TemporaryDirectory() as tmp:
         translators = {b: load_backend(b, args.model, args.device, args.threads, Path(tmp), args.compute_type)
                        for b in backends}
+    opts = decoding_options(args, args.model)
     first = translators[backends[0]]
     if args.src_file or args.ref_file:
         if not (args.src_file and args.ref_file):
@@ -281,7 +297,7 @@ def cmd_plot_attention(args) -> int:
             sentences.append(lines[n - 1])
     if not sentences:
         raise ValueError("give sentences as arguments, or --input FILE [--lines 1,4]")
-    opts = decoding_options(args, return_attention=True, n_best=1)
+    opts = decoding_options(args, args.model, return_attention=True, n_best=1)
     tok = translator.tokenizer
     for i, (text, nbest) in enumerate(zip(sentences, translator.translate(sentences, opts)), 1):
         t = nbest[0]
@@ -363,7 +379,7 @@ def cmd_bench(args) -> int:
                    platform.processor())
         print(f"{len(sources)} sentences of {split}; {cpu}, {torch.get_num_threads()} threads, "
               f"torch {torch.__version__}")
-        opts = decoding_options(args)
+        opts = decoding_options(args, args.model)
         if args.against and opts.length_penalty == "gnmt":
             # CTranslate2's beam search has no GNMT penalty; none is the one both rank alike.
             opts = replace(opts, length_penalty="none")
@@ -605,11 +621,14 @@ def cmd_study(args) -> int:
 def cmd_export(args) -> int:
     from seq2seq.export import export, load_export
 
-    out = export(args.checkpoint, args.out)
+    given = {f.name: getattr(args, f.name) for f in fields(DecodingOptions) if getattr(args, f.name, None) is not None}
+    out = export(args.checkpoint, args.out, decoding=given)
     exp = load_export(out)  # what was written must load
     params = sum(t.numel() for t in exp.tensors.values())
     print(f"{out}: {exp.model_cfg.family} model, {params:,} parameters, "
           f"vocabulary {exp.model_cfg.src_vocab:,}/{exp.model_cfg.tgt_vocab:,}")
+    if exp.decoding:
+        print("decoding defaults: " + ", ".join(f"{k}={v}" for k, v in exp.decoding.items()))
     return 0
 
 
@@ -629,7 +648,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="a training checkpoint (.pt), its out_dir (uses best.pt), or an export directory")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    add_config_flags(p, DecodingOptions, {"return_attention"})
+    add_config_flags(p, DecodingOptions, {"return_attention"}, unset=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -692,6 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="write a checkpoint as config.json + model.safetensors + tokenizer")
     p.add_argument("checkpoint", help="a training checkpoint (.pt), or its out_dir (uses best.pt)")
     p.add_argument("out", help="the export directory to write")
+    add_config_flags(p, DecodingOptions, {"return_attention"}, unset=True,
+                     title="the model's decoding defaults, used wherever a caller sets none (seq2seq/config.py)")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("convert", help="write an export as a model for another engine (CTranslate2)")
@@ -738,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every backend this many times, taking turns, and report each one's median round")
     p.add_argument("--out", help="write the results here as JSON, and their bars beside it as PNG")
-    add_config_flags(p, DecodingOptions, {"return_attention", "beam_size", "n_best"})
+    add_config_flags(p, DecodingOptions, {"return_attention", "beam_size", "n_best"}, unset=True)
     p.set_defaults(func=cmd_bench)
 
     p = commands.add_parser("serve", help="the gRPC translation service")

@@ -230,6 +230,10 @@ class DecodingOptions:
     return_attention: bool = False
 
 
+# The options an export may carry as its model's defaults (`seq2seq export --alpha 1.5 ...`):
+# every one but return_attention, which is a question of the caller's, not of the model.
+MODEL_DECODING_FIELDS = tuple(f.name for f in fields(DecodingOptions) if f.name != "return_attention")
+
 MAX_BEAM = 256  # beams beyond this only cost memory: a clear error rather than an allocation failure
 
 

@@ -4,7 +4,9 @@
 
 An export directory holds
 - ``config.json``: ``format_version``, the model family, every ModelConfig field, the
-  data settings that shape the text (normalization, tokenizer), the special token ids;
+  data settings that shape the text (normalization, tokenizer), the special token ids, and
+  optionally ``decoding``: the model's own decoding defaults (DecodingOptions fields, e.g.
+  ``{"alpha": 1.5}``), which every decoder and server uses where a caller sets nothing;
 - ``model.safetensors``: float32 tensors under their ``state_dict`` names;
 - ``tokenizer.json`` (and ``*.model`` SentencePiece files): the tokenizer.
 
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.config import DataConfig, ModelConfig, validate_model_config
+from seq2seq.config import (MODEL_DECODING_FIELDS, DataConfig, DecodingOptions, ModelConfig,
+                            validate_decoding_options, validate_model_config)
 from seq2seq.data import DataError, PairTokenizer
 from seq2seq.data.corpora import corpus_task
 from seq2seq.data.tokenizers import BOS, EOS, PAD, SPECIALS, UNK
@@ -43,6 +46,11 @@ class Export:
     tokenizer: PairTokenizer
     config: dict
 
+    @property
+    def decoding(self) -> dict:
+        """The model's decoding defaults: DecodingOptions fields, empty when it has none."""
+        return dict(self.config.get("decoding", {}))
+
     def model(self, device: str | torch.device = "cpu"):
         """The Python reference model with these weights, in eval mode."""
         from seq2seq.models import build_model
@@ -52,12 +60,15 @@ class Export:
         return model.to(device).eval()
 
 
-def export(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write an export directory from a training checkpoint."""
+def export(checkpoint: str | Path, out: str | Path, decoding: dict | None = None) -> Path:
+    """Write an export directory from a training checkpoint; ``decoding`` holds the model's
+    decoding defaults (DecodingOptions fields), checked before anything is written."""
     from safetensors.torch import save_file
 
     from seq2seq.translate import load_checkpoint
 
+    if decoding:
+        decoding = check_decoding(decoding, "the decoding defaults")
     model, tokenizer, ckpt = load_checkpoint(checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,6 +81,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "special_ids": SPECIAL_IDS,
         "source": {"checkpoint": str(ckpt["path"]), "epoch": ckpt.get("epoch"), "step": ckpt.get("step")},
     }
+    if decoding:
+        config["decoding"] = decoding
     # Tied weights share storage, which safetensors refuses: every tensor gets its own copy.
     tensors = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
@@ -113,6 +126,34 @@ def _config_fields(cls, values, path: Path, key: str):
         raise ExportError(f"{path}: \"{key}\": {e}") from None
 
 
+def check_decoding(values, where: str) -> dict:
+    """Decoding defaults as an export keeps them: known fields of the right JSON type, valid
+    together (validate_decoding_options); ValueError naming ``where`` and the field otherwise."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be an object of DecodingOptions fields, not {shown(values)}")
+    unknown = sorted(set(values) - set(MODEL_DECODING_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; a model's decoding defaults may set "
+                         f"{', '.join(MODEL_DECODING_FIELDS)}")
+    types = {f.name: f.type for f in fields(DecodingOptions)}
+    for name, value in values.items():
+        kind, fits = FIELD_TYPES[types[name]]
+        if not fits(value):
+            raise ValueError(f"{where}: {name} must be {kind}, not {shown(value)}")
+    try:
+        validate_decoding_options(DecodingOptions(**values))
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return dict(values)
+
+
+def decoding_defaults(path: str | Path) -> dict:
+    """The decoding defaults of the export at ``path``; empty for a training checkpoint."""
+    if not is_export(path):
+        return {}
+    return read_config(Path(path))[0].get("decoding", {})
+
+
 def read_config(folder: Path) -> tuple[dict, ModelConfig, DataConfig]:
     path = folder / CONFIG
     try:
@@ -148,6 +189,11 @@ def read_config(folder: Path) -> tuple[dict, ModelConfig, DataConfig]:
         raise ExportError(f"{path}: \"family\" is {config['family']!r} but the model config says {model_cfg.family!r}")
     if config["special_ids"] != SPECIAL_IDS:
         raise ExportError(f"{path}: special_ids {config['special_ids']} differ from this seq2seq's {SPECIAL_IDS}")
+    if "decoding" in config:
+        try:
+            check_decoding(config["decoding"], '"decoding"')
+        except ValueError as e:
+            raise ExportError(f"{path}: {e}; correct it, or export the checkpoint again with `seq2seq export`") from None
     return config, model_cfg, data_cfg
 
 

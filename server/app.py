@@ -29,8 +29,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from seq2seq.engine import extension, python_options
+from seq2seq.export import decoding_defaults
 from .metrics import Metrics
-from .service import SERVICE_NAME, Limits, TranslationService, UNDECODABLE, load_model, never_raising, pb_grpc
+from .service import (SERVICE_NAME, Limits, TranslationService, UNDECODABLE, check_defaults_fit, load_model,
+                      never_raising, pb_grpc)
 
 log = logging.getLogger("seq2seq.server")
 
@@ -290,6 +292,8 @@ class Server:
         self.calls = CallsInFlight()  # first: it counts the calls the token refuses too
         interceptors = [self.calls] + ([BearerToken(cfg.token)] if cfg.token else []) + \
             [TranslationCallsAdmitted(cfg.rpc_threads), RequestsDecodedByTheHandler()]
+        for name, path in cfg.models.items():  # before anything listens
+            check_defaults_fit(name, decoding_defaults(path), cfg.limits)
         self.grpc = grpc.server(ThreadPoolExecutor(cfg.rpc_threads + RESERVED_THREADS, thread_name_prefix="rpc"),
                                 options=options, interceptors=interceptors)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

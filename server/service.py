@@ -45,6 +45,7 @@ class Model:
     translator: object  # Engine, or the Python Translator for families the engine does not run
     backend: str
     batcher: object = None  # seq2seq._C.Batcher (csrc/batcher.h), the one seq2seq-serve uses
+    decoding: dict = field(default_factory=dict)  # the export's decoding defaults (seq2seq export --alpha ...)
     _python: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     token_bytes: int = field(init=False)  # the most bytes one target token adds to a text
@@ -72,7 +73,13 @@ class Model:
                             target_language=t.data_cfg.tgt or "", source_vocabulary=t.model_cfg.src_vocab,
                             target_vocabulary=t.model_cfg.tgt_vocab,
                             compute_type=getattr(t, "compute_type", "float32"), parameters=params,
-                            backend=self.backend, task=self.task)
+                            backend=self.backend, task=self.task, defaults=self.default_options())
+
+    def default_options(self):
+        """What a request that sets no option gets: the export's defaults, else the server's."""
+        opts = DecodingOptions(**self.decoding)
+        return pb.DecodingOptions(beam_size=opts.beam_size, n_best=opts.n_best, max_length=opts.max_length,
+                                  length_penalty=opts.length_penalty, alpha=opts.alpha)
 
     @property
     def task(self) -> str:
@@ -81,17 +88,28 @@ class Model:
         return corpus_task(self.translator.data_cfg)
 
 
+def check_defaults_fit(name: str, decoding: dict, limits: Limits) -> None:
+    """A model's decoding defaults within the server's limits, or ValueError: else every
+    request that sets no option would be refused."""
+    opts = DecodingOptions(**decoding)
+    if opts.beam_size > limits.max_beam or opts.max_length > limits.max_length:
+        raise ValueError(f"model {name!r}: its export's decoding defaults (beam_size {opts.beam_size}, max_length "
+                         f"{opts.max_length}) exceed this server's limits (--max-beam {limits.max_beam}, max_length "
+                         f"{limits.max_length}); raise --max-beam or export the model with smaller defaults")
+
+
 def load_model(name: str, path: str, threads: int = 0, compute_type: str = "float32") -> Model:
     from seq2seq.engine import SUPPORTED_FAMILIES, Engine
     from seq2seq.export import load_export
 
     exp = load_export(path)
     if exp.model_cfg.family in SUPPORTED_FAMILIES:
-        return Model(name, str(path), Engine(path, threads=threads, compute_type=compute_type), "cpp")
+        return Model(name, str(path), Engine(path, threads=threads, compute_type=compute_type), "cpp",
+                     decoding=exp.decoding)
     from seq2seq.translate import Translator
 
     log.warning(json.dumps({"event": "python_backend", "model": name, "family": exp.model_cfg.family}))
-    return Model(name, str(path), Translator(path), "python")
+    return Model(name, str(path), Translator(path), "python", decoding=exp.decoding)
 
 
 # The task metrics an Evaluate result carries by name (BackendResult.metrics).
@@ -131,8 +149,9 @@ def never_raising(deserializer):
     return decode
 
 
-def decoding_options(msg, limits: Limits, field_name: str = "options") -> DecodingOptions:
-    opts = DecodingOptions(return_attention=msg.return_attention)
+def decoding_options(msg, limits: Limits, defaults: dict, field_name: str = "options") -> DecodingOptions:
+    """The request's options over the model's decoding defaults (``defaults``: the export's)."""
+    opts = DecodingOptions(**defaults, return_attention=msg.return_attention)
     for name in ("beam_size", "n_best", "max_length", "length_penalty", "alpha"):
         if msg.HasField(name):
             opts = replace(opts, **{name: getattr(msg, name)})
@@ -265,7 +284,7 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
         """The TranslateResponse of one request, through the model's batcher."""
         model = self._model(request.model, context)
         try:
-            opts = decoding_options(request.options, self.limits)
+            opts = decoding_options(request.options, self.limits, model.decoding)
             ids = self._encode(model, request.sentences)
         except Invalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -398,7 +417,7 @@ class TranslationService(pb_grpc.TranslationServiceServicer):
 
         model = self._model(request.model, context)
         try:
-            opts = decoding_options(request.options, self.limits)
+            opts = decoding_options(request.options, self.limits, model.decoding)
             backends = {"": ["cpp"], "cpp": ["cpp"], "python": ["python"], "both": ["cpp", "python"]}.get(request.backend)
             if backends is None:
                 raise Invalid(f"backend must be cpp, python or both, not {request.backend!r}")

@@ -74,6 +74,26 @@ def test_scores_are_printed_on_request(export):
     assert float(score) == pytest.approx(expected, abs=1e-4)
 
 
+def test_the_exports_decoding_defaults_apply_unless_a_flag_is_given(export, tmp_path):
+    with_defaults = Path(shutil.copytree(export, tmp_path / "export"))
+    config = json.loads((with_defaults / "config.json").read_text())
+    config["decoding"] = {"beam_size": 2, "length_penalty": "none"}
+    (with_defaults / "config.json").write_text(json.dumps(config))
+    engine = Engine(export)
+    for flags, opts in [([], DecodingOptions(beam_size=2, length_penalty="none")),
+                        (["--length-penalty", "gnmt", "--alpha", "1.5"],
+                         DecodingOptions(beam_size=2, length_penalty="gnmt", alpha=1.5))]:
+        done = run([with_defaults, "--scores", *flags], "ein Mann\n")
+        assert done.returncode == 0, done.stderr
+        best = engine.translate(["ein Mann"], opts)[0][0]
+        score, _, text = done.stdout.rstrip("\n").partition("\t")
+        assert float(score) == pytest.approx(best.score, abs=1e-4) and text == best.text.replace("\n", " ")
+    config["decoding"] = {"alpha": -1}
+    (with_defaults / "config.json").write_text(json.dumps(config))
+    done = run([with_defaults], "ein Mann\n")
+    assert done.returncode == 1 and '"decoding": DecodingOptions.alpha must be >= 0' in done.stderr, done.stderr
+
+
 def test_bad_use_is_a_clear_error(export, tmp_path):
     for args, words in [([tmp_path / "nowhere"], "config.json"), ([export, "--beam-size", 0], "beam_size"),
                         ([export, "--beam-size", "five"], "integer"), ([export, "--frobnicate", 1], "unknown option"),

@@ -90,9 +90,49 @@ BROKEN = {
                     "out.bias is torch.float64"),
     "NaN weights": (lambda d: edit_tensors(d, lambda t: t["out.bias"].__setitem__(0, float("nan"))), "NaN"),
     "missing tokenizer": (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json: not found"),
+    "decoding not an object": (lambda d: edit_config(d, lambda c: c.update(decoding=[1])),
+                               '"decoding" must be an object of DecodingOptions fields'),
+    "decoding unknown field": (lambda d: edit_config(d, lambda c: c.update(decoding={"return_attention": True})),
+                               r"unknown field\(s\) \['return_attention'\]"),
+    "decoding wrong type": (lambda d: edit_config(d, lambda c: c.update(decoding={"beam_size": 2.5})),
+                            "beam_size must be an integer, not 2.5"),
+    "decoding invalid": (lambda d: edit_config(d, lambda c: c.update(decoding={"alpha": -1})),
+                         "DecodingOptions.alpha must be >= 0, got -1"),
     "config and weights disagree": (lambda d: edit_config(d, lambda c: c["model"].update(src_vocab=40)),
                                     r"encoder.embed.weight has shape \(23, 32\), the model needs \(40, 32\)"),
 }
+
+
+def test_decoding_defaults_are_kept_and_used(good, tmp_path, capsys):
+    out = tmp_path / "defaults"
+    assert main(["export", str(good.parent / "model.pt"), str(out), "--beam-size", "3", "--alpha", "1.5",
+                 "--length-penalty", "average"]) == 0
+    assert "decoding defaults: beam_size=3, length_penalty=average, alpha=1.5" in capsys.readouterr().out
+    defaults = {"beam_size": 3, "length_penalty": "average", "alpha": 1.5}
+    assert load_export(out).decoding == defaults and "decoding" not in load_export(good).config
+    # seq2seq translate uses them where no flag is given, and a flag wins over them.
+    (tmp_path / "in.txt").write_text("w1 w2 w3\n")
+    def translate(*flags):
+        assert main(["translate", "--model", str(out), "--scores", "--quiet", "--input", str(tmp_path / "in.txt"),
+                     *flags]) == 0
+        captured = capsys.readouterr()
+        return captured.out, captured.err
+    text, err = translate()
+    assert "the model's decoding defaults: beam_size=3, length_penalty=average, alpha=1.5" in err
+    expected = Translator(good).translate(["w1 w2 w3"], DecodingOptions(**defaults))[0][0]
+    assert text == f"{expected.score:.6f}\t{expected.text}\n"
+    # "average" divides by the length: a score a "none" penalty would not give
+    assert expected.score == pytest.approx(expected.log_prob / (len(expected.tokens) + 1))
+    text, err = translate("--length-penalty", "none")
+    assert "length_penalty" not in err.partition("defaults:")[2]
+    expected = Translator(good).translate(["w1 w2 w3"], DecodingOptions(beam_size=3, length_penalty="none"))[0][0]
+    assert text == f"{expected.score:.6f}\t{expected.text}\n"
+
+
+def test_bad_decoding_defaults_are_refused_before_writing(good, tmp_path, capsys):
+    assert main(["export", str(good.parent / "model.pt"), str(tmp_path / "x"), "--n-best", "6"]) == 2
+    assert "n_best=6 must be between 1 and beam_size=5" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))

@@ -39,9 +39,16 @@ ODD = ["  ein\tMann fa\u0308hrt ", "Zu\u0308rich\u00a0im\u3000Schnee", "die\x07S
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("served_cpp")
     tok = sentencepiece_tokenizer(SENTENCES * 4, vocab_size=400)
-    return {"bahdanau": random_export(root / "a", "bahdanau-gru-bi", tokenizer=tok),
-            "luong": random_export(root / "b", "luong-general", tokenizer=tok),
-            "transformer": random_export(root / "c", "transformer-pre", tokenizer=tok)}
+    exports = {"bahdanau": random_export(root / "a", "bahdanau-gru-bi", tokenizer=tok),
+               "luong": random_export(root / "b", "luong-general", tokenizer=tok),
+               "transformer": random_export(root / "c", "transformer-pre", tokenizer=tok)}
+    config = json.loads((exports["luong"] / "config.json").read_text())
+    config["decoding"] = LUONG_DEFAULTS  # as `seq2seq export --beam-size 3 --length-penalty none` writes them
+    (exports["luong"] / "config.json").write_text(json.dumps(config))
+    return exports
+
+
+LUONG_DEFAULTS = {"beam_size": 3, "length_penalty": "none"}
 
 
 def start_cpp(exports: dict, *extra, stderr=subprocess.DEVNULL):
@@ -140,6 +147,34 @@ def test_models_are_described_as_the_python_server_does(servers):
         with pytest.raises(grpc.RpcError) as e:
             cpp.GetModel(pb.GetModelRequest(name=name))
         assert e.value.code() == code
+
+
+def test_the_exports_decoding_defaults_fill_the_options_a_request_leaves_out(servers):
+    cpp, py, _ = servers
+    answers = []
+    for stub in (cpp, py):
+        defaults = stub.GetModel(pb.GetModelRequest(name="luong")).defaults
+        assert (defaults.beam_size, defaults.length_penalty, defaults.n_best) == (3, "none", 1)
+        assert stub.GetModel(pb.GetModelRequest(name="bahdanau")).defaults.length_penalty == "gnmt"  # the server's
+        request = lambda **given: pb.TranslateRequest(model="luong", sentences=SENTENCES[:4],
+                                                      options=pb.DecodingOptions(return_scores=True, **given))
+        plain = stub.Translate(request(), timeout=60)
+        assert plain.translations == stub.Translate(request(**LUONG_DEFAULTS), timeout=60).translations
+        assert all(t.hypotheses[0].score == t.hypotheses[0].log_prob for t in plain.translations)  # penalty none
+        gnmt = stub.Translate(request(length_penalty="gnmt", alpha=2.0), timeout=60)  # a request's option wins
+        assert any(t.hypotheses[0].score != t.hypotheses[0].log_prob for t in gnmt.translations)
+        answers.append(plain)
+    assert answers[0] == answers[1]
+
+
+def test_defaults_over_the_servers_limits_stop_it_before_it_serves(exports, tmp_path):
+    only = {"luong": exports["luong"]}
+    with pytest.raises(RuntimeError, match="did not start"):
+        start_cpp(only, "--max-beam", "2")
+    from seq2seq.server.service import Limits
+    with pytest.raises(ValueError, match=r"decoding defaults \(beam_size 3, max_length 256\) exceed this server's "
+                                         r"limits \(--max-beam 2"):
+        Server(ServerConfig(models={k: str(v) for k, v in only.items()}, port=0, limits=Limits(max_beam=2)))
 
 
 def test_stream_answers_every_request_as_the_unary_call_does(servers):

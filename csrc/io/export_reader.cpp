@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "../common.h"
+#include "../decoding.h"
 #include "../models/model.h"
 
 namespace seq2seq {
@@ -116,6 +117,51 @@ json read_config(const std::string& dir) {
   return config;
 }
 
+// config.json's "decoding": the model's decoding defaults (seq2seq export --alpha ...), the
+// checks of seq2seq/export.py's check_decoding.
+DecodeOptions read_decoding(const std::string& path, const json& config) {
+  DecodeOptions opts;
+  if (!config.contains("decoding")) return opts;
+  const json& d = config["decoding"];
+  if (!d.is_object()) fail(path, "\"decoding\" must be an object of DecodingOptions fields" + std::string(kExportAgain));
+  for (const auto& [key, value] : d.items()) {
+    const std::string name = "decoding." + key;
+    auto integer = [&](int64_t* field) {
+      if (!value.is_number_integer()) fail(path, json_type_error(name, value, "an integer"));
+      *field = value.get<int64_t>();
+    };
+    auto number = [&](double* field) {
+      if (!value.is_number()) fail(path, json_type_error(name, value, "a number"));
+      *field = value.get<double>();
+    };
+    if (key == "beam_size") integer(&opts.beam_size);
+    else if (key == "n_best") integer(&opts.n_best);
+    else if (key == "min_length") integer(&opts.min_length);
+    else if (key == "max_length") integer(&opts.max_length);
+    else if (key == "max_length_extra") integer(&opts.max_length_extra);
+    else if (key == "alpha") number(&opts.alpha);
+    else if (key == "min_length_ratio") number(&opts.min_length_ratio);
+    else if (key == "max_length_ratio") number(&opts.max_length_ratio);
+    else if (key == "length_penalty") {
+      if (!value.is_string()) fail(path, json_type_error(name, value, "a string"));
+      opts.length_penalty = value.get<std::string>();
+    } else if (key == "early_stop") {
+      if (!value.is_boolean()) fail(path, json_type_error(name, value, "true or false"));
+      opts.early_stop = value.get<bool>();
+    } else {
+      fail(path, "\"decoding\" has unknown field \"" + key + "\"; a model's decoding defaults may set beam_size, "
+                 "n_best, length_penalty, alpha, min_length, min_length_ratio, max_length, max_length_ratio, "
+                 "max_length_extra, early_stop");
+    }
+  }
+  try {
+    validate_options(opts);
+  } catch (const std::invalid_argument& e) {
+    fail(path, std::string("\"decoding\": ") + e.what());
+  }
+  return opts;
+}
+
 }  // namespace
 
 Weights read_safetensors(const std::string& path) {
@@ -164,11 +210,14 @@ Weights read_safetensors(const std::string& path) {
   return weights;
 }
 
+DecodeOptions decoding_defaults(const std::string& dir) { return read_decoding(dir + "/config.json", read_config(dir)); }
+
 LoadedExport load_export(const std::string& dir) {
   const json config = read_config(dir);
   LoadedExport out;
   out.dir = dir;
   out.model_config = config["model"].dump();
+  out.decoding = read_decoding(dir + "/config.json", config);
   out.weights = read_safetensors(dir + "/model.safetensors");
   return out;
 }

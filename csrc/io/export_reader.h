@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "../decoding.h"
 #include "../layers/dense.h"
 
 namespace seq2seq {
@@ -14,10 +15,14 @@ constexpr int kFormatVersion = 1;  // the newest export format this reader knows
 struct LoadedExport {
   std::string dir;
   std::string model_config;  // config.json's "model" object as JSON text, for create_model
+  DecodeOptions decoding;    // config.json's "decoding" over DecodeOptions' own defaults
   Weights weights;
 };
 
 LoadedExport load_export(const std::string& dir);
+
+// config.json's decoding defaults alone (checked as load_export checks them), without the weights.
+DecodeOptions decoding_defaults(const std::string& dir);
 
 // The SentencePiece model files of an export, for the C++ programs that tokenize text
 // themselves; refuses exports whose text normalization they do not reproduce.

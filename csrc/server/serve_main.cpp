@@ -187,6 +187,7 @@ struct Model {
   std::unique_ptr<Tokenizer> src, tgt;
   std::unique_ptr<Batcher> batcher;
   int64_t token_bytes = 0;  // the most bytes one target token adds to a text
+  DecodeOptions defaults;   // the export's decoding defaults: what a request that sets no option gets
 };
 
 std::unique_ptr<Model> load_model(const std::string& name, const std::string& dir, const Config& cfg, int workers) {
@@ -199,6 +200,14 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& di
   m->source_language = data.value("src", "");
   m->target_language = data.value("tgt", "");
   m->task = config.value("task", "translation");
+  m->defaults = exp.decoding;
+  // As server/service.py: else every request that sets no option would be refused.
+  if (m->defaults.beam_size > cfg.max_beam || m->defaults.max_length > cfg.max_length)
+    throw std::runtime_error("model '" + name + "': its export's decoding defaults (beam_size " +
+                             std::to_string(m->defaults.beam_size) + ", max_length " +
+                             std::to_string(m->defaults.max_length) + ") exceed this server's limits (--max-beam " +
+                             std::to_string(cfg.max_beam) + ", max_length " + std::to_string(cfg.max_length) +
+                             "); raise --max-beam or export the model with smaller defaults");
   for (const auto& [_, t] : exp.weights) m->parameters += t.numel();
   m->engine = std::make_unique<Engine>(exp.model_config, exp.weights, cfg.threads, cfg.compute_type);
   m->family = m->engine->model().family;
@@ -644,7 +653,7 @@ class Service final : public pb::TranslationService::Service {
     const Model* m = nullptr;
     Status status = find(request.model(), &m);
     if (!status.ok()) return status;
-    DecodeOptions opts;
+    DecodeOptions opts = m->defaults;
     std::vector<std::vector<int64_t>> ids;
     status = options(request.options(), &opts);
     if (status.ok()) status = encode(*m, request.sentences(), &ids);
@@ -745,6 +754,12 @@ class Service final : public pb::TranslationService::Service {
     out->set_parameters(m.parameters);
     out->set_backend("cpp");
     out->set_task(m.task);
+    pb::DecodingOptions* d = out->mutable_defaults();
+    d->set_beam_size(static_cast<int32_t>(m.defaults.beam_size));
+    d->set_n_best(static_cast<int32_t>(m.defaults.n_best));
+    d->set_max_length(static_cast<int32_t>(m.defaults.max_length));
+    d->set_length_penalty(m.defaults.length_penalty);
+    d->set_alpha(static_cast<float>(m.defaults.alpha));
   }
 
   const Config& cfg_;
