@@ -45,6 +45,7 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
         bf16_ = at::Tensor();
       }
       bf16_onednn_ = bf16_.defined();
+      if (bf16_onednn_ && bf16_row_kernel_native()) bf16_pairs_ = pack_bf16_pairs(weight);
       if (!bf16_onednn_) {
         wt_ = weight.to(at::kBFloat16).to(at::kFloat).t().contiguous();
         onednn_ = pack_onednn(wt_.t());
@@ -67,6 +68,9 @@ at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
                                                              : linear_int8(x, int8_);
       break;
     case ComputeType::BFloat16: {
+      // One row: our own kernel, the same numbers without oneDNN's 30-60 us a call, more than
+      // most of a greedy step's products take (docs/bench.md).
+      if (bf16_pairs_.defined() && x.size(0) == 1) return linear_bf16_row(x, bf16_pairs_, bias_, relu);
       // bfloat16 inputs and outputs, float32 sums; the bias added in float32.
       const auto xb = x.to(at::kBFloat16);
       y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()).to(at::kFloat)

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 #endif
 
+#include <cstring>
 #include <vector>
 
 #include "../ops.h"
@@ -251,7 +252,116 @@ at::Tensor linear_float_row(const at::Tensor& x, const at::Tensor& wt, const at:
   return y;
 }
 
+at::Tensor pack_bf16_pairs(const at::Tensor& weight) {
+  check_float(weight, "weight", 2);
+  const int64_t out = weight.size(0), in = weight.size(1);
+  // (in, out) with a zero row where `in` is odd, then rows k and k + 1 side by side per column:
+  // the two bfloat16 numbers one AVX-512 BF16 dot-product lane multiplies with x[k], x[k + 1].
+  auto wt = at::zeros({in + in % 2, out}, weight.options());
+  wt.narrow(0, 0, in).copy_(weight.t());
+  return wt.view({(in + 1) / 2, 2, out}).transpose(1, 2).contiguous().to(at::kBFloat16);
+}
+
+bool bf16_row_kernel_native() {
+#if defined(__AVX512BF16__)
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 namespace {
+
+inline float bf16_to_float(uint16_t v) {
+  const uint32_t bits = uint32_t{v} << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Round to nearest even, as at::BFloat16 and oneDNN do (no NaN reaches here from finite weights).
+inline uint16_t float_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
+
+}  // namespace
+
+at::Tensor linear_bf16_row(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& bias, bool relu) {
+  check_float(x, "x", 2);
+  check(pairs.scalar_type() == at::kBFloat16 && pairs.dim() == 3 && pairs.size(2) == 2,
+        "linear_bf16_row needs the weights from pack_bf16_pairs: bfloat16 (in / 2, out, 2)");
+  check(x.size(0) == 1, "linear_bf16_row multiplies one row, not " + std::to_string(x.size(0)));
+  const int64_t half = pairs.size(0), out = pairs.size(1), in = x.size(1);
+  check((in + 1) / 2 == half, "x has " + std::to_string(in) + " columns, the weights " + std::to_string(2 * half) +
+                                  " input rows (in pairs)");
+  check(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == out),
+        "bias must hold " + std::to_string(out) + " float32 values");
+  // x rounded to bfloat16, as the batched product (oneDNN's bf16) rounds it; a zero after an odd last column.
+  std::vector<uint16_t> xs(2 * half, 0);
+  const auto xc = x.contiguous();
+  for (int64_t k = 0; k < in; ++k) xs[k] = float_to_bf16(xc.data_ptr<float>()[k]);
+  auto y = at::zeros({1, out}, x.options());
+  const auto wc = pairs.contiguous();
+  const auto* wp = reinterpret_cast<const uint16_t*>(wc.data_ptr<at::BFloat16>());
+  float* yp = y.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.contiguous().data_ptr<float>() : nullptr;
+  // As linear_float_row: K pairs of weight rows per sweep over y's columns, y in the
+  // first-level cache, the weights streamed in order.
+  constexpr int64_t K = 4;
+  auto columns = [&](int64_t begin, int64_t end) {
+    for (int64_t p = 0; p < half; p += K) {
+      const int64_t count = std::min(K, half - p);
+      int64_t j = begin;
+#if defined(__AVX512BF16__)
+      if (count == K) {
+        __m512bh xv[K];
+        for (int64_t i = 0; i < K; ++i) {
+          uint32_t two;
+          std::memcpy(&two, &xs[2 * (p + i)], sizeof two);
+          xv[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(two));
+        }
+        for (; j + 16 <= end; j += 16) {
+          __m512 a = _mm512_loadu_ps(yp + j);
+          for (int64_t i = 0; i < K; ++i)
+            a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(wp + ((p + i) * out + j) * 2), xv[i]);
+          _mm512_storeu_ps(yp + j, a);
+        }
+      }
+#endif
+      for (; j < end; ++j)
+        for (int64_t i = 0; i < count; ++i) {
+          const uint16_t* w = wp + ((p + i) * out + j) * 2;
+          yp[j] += bf16_to_float(w[0]) * bf16_to_float(xs[2 * (p + i)]) +
+                   bf16_to_float(w[1]) * bf16_to_float(xs[2 * (p + i) + 1]);
+        }
+    }
+    // The sums rounded to bfloat16, then the bias in float32: what the batched product gives.
+    for (int64_t j = begin; j < end; ++j) {
+      float v = bf16_to_float(float_to_bf16(yp[j])) + (bp ? bp[j] : 0.f);
+      yp[j] = relu ? std::max(v, 0.f) : v;
+    }
+  };
+  constexpr int64_t kBlock = 64 / sizeof(float);
+  const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
+  auto block_range = [&](int64_t b0, int64_t b1) { columns(b0 * kBlock, std::min(out, b1 * kBlock)); };
+  if (threads > 1 && in * out >= (int64_t{1} << 17))
+    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, block_range);
+  else
+    block_range(0, blocks);
+  return y;
+}
+
+namespace {
+
+// The engine's bfloat16 product of one row, for tests and benchmarks: float32 weights
+// (out, in) are rounded and paired at the call; bfloat16 ones come paired already.
+at::Tensor linear_bf16_row_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              bool relu) {
+  const auto pairs = weight.scalar_type() == at::kBFloat16 ? weight : pack_bf16_pairs(weight);
+  return linear_bf16_row(x, pairs, bias.value_or(at::Tensor()), relu);
+}
 
 // The engine's float32 product of one row, for tests and benchmarks.
 at::Tensor linear_float_row_op(const at::Tensor& x, const at::Tensor& weight_t, const std::optional<at::Tensor>& bias,
@@ -290,4 +400,6 @@ TORCH_LIBRARY_IMPL(seq2seq, CPU, m) {
   m.impl("linear_onednn", &seq2seq::linear_onednn_op);
   m.impl("linear_int8_rows", &seq2seq::linear_int8_rows_op);
   m.impl("linear_float_row", &seq2seq::linear_float_row_op);
+  m.impl("linear_bf16_row", &seq2seq::linear_bf16_row_op);
+  m.impl("pack_bf16_pairs", &seq2seq::pack_bf16_pairs);
 }
