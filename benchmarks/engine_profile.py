@@ -23,13 +23,14 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1, help="sentences per call")
     parser.add_argument("--length-penalty", default="gnmt")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--compute-type", default="float32", help="float32, int8 or bfloat16")
     args = parser.parse_args()
 
     from seq2seq.config import DecodingOptions
     from seq2seq.data import load_dataset
     from seq2seq.engine import Engine
 
-    engine = Engine(args.export, threads=args.threads)
+    engine = Engine(args.export, threads=args.threads, compute_type=args.compute_type)
     pairs = load_dataset(engine.data_cfg, [args.split]).splits[args.split][:args.sentences]
     opts = DecodingOptions(beam_size=args.beam_size, length_penalty=args.length_penalty)
     sources = [source for source, _ in pairs]

@@ -271,16 +271,17 @@ def test_float_row_errors_are_clear():
         torch.ops.seq2seq.linear_float_row(x, w, torch.randn(4))
 
 
-@pytest.mark.parametrize("inputs,outputs", [(256, 4000), (1024, 256), (17, 33), (7, 13), (256, 1024)])
+@pytest.mark.parametrize("inputs,outputs,rows", [(256, 4000, 1), (1024, 256, 5), (17, 33, 8), (7, 13, 3),
+                                                 (256, 1024, 1), (256, 768, 8)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_bf16_row_product_matches_the_double_product_of_the_rounded_numbers(inputs, outputs, bias):
+def test_bf16_rows_product_matches_the_double_product_of_the_rounded_numbers(inputs, outputs, rows, bias):
     gen = torch.Generator().manual_seed(inputs + outputs)
-    x, w = torch.randn(1, inputs, generator=gen), torch.randn(outputs, inputs, generator=gen)
+    x, w = torch.randn(rows, inputs, generator=gen), torch.randn(outputs, inputs, generator=gen)
     b = torch.randn(outputs, generator=gen) if bias else None
     # x and the weights in bfloat16, exact products, float32 sums rounded to bfloat16 once.
     exact = F.linear(x.bfloat16().double(), w.bfloat16().double())
-    got = torch.ops.seq2seq.linear_bf16_row(x, w, b)
-    assert got.shape == (1, outputs) and got.dtype == torch.float32
+    got = torch.ops.seq2seq.linear_bf16_rows(x, w, b)
+    assert got.shape == (rows, outputs) and got.dtype == torch.float32
     plain = got - b if bias else got
     torch.testing.assert_close(plain.double(), exact, rtol=2 ** -8, atol=1e-5 * inputs ** 0.5)
     if not bias:  # the sums rounded to bfloat16 before the bias
@@ -288,44 +289,44 @@ def test_bf16_row_product_matches_the_double_product_of_the_rounded_numbers(inpu
     # The weights paired once (as the engine keeps them) give the same bits; so do 1 and 2 threads.
     pairs = torch.ops.seq2seq.pack_bf16_pairs(w)
     assert pairs.shape == ((inputs + 1) // 2, outputs, 2) and pairs.dtype == torch.bfloat16
-    assert torch.equal(torch.ops.seq2seq.linear_bf16_row(x, pairs, b), got)
-    assert torch.equal(torch.ops.seq2seq.linear_bf16_row(x, pairs, b, relu=True), got.relu())
+    assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, pairs, b), got)
+    assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, pairs, b, relu=True), got.relu())
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        alone = torch.ops.seq2seq.linear_bf16_row(x, pairs, b)
+        alone = torch.ops.seq2seq.linear_bf16_rows(x, pairs, b)
         torch.set_num_threads(2)
-        assert torch.equal(torch.ops.seq2seq.linear_bf16_row(x, pairs, b), alone)
+        assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, pairs, b), alone)
     finally:
         torch.set_num_threads(threads)
 
 
-def test_bf16_row_product_gives_the_batched_products_numbers():
-    # The engine takes one row through its own kernel and more rows through oneDNN's bf16
+def test_bf16_rows_product_gives_the_batched_products_numbers():
+    # The engine takes a few rows through its own kernel and more through oneDNN's bf16
     # product: a sentence alone and in a batch must see the same numbers, bar the order of
     # float32 sums (one bfloat16 unit at most, where a sum lies on a rounding boundary).
     gen = torch.Generator().manual_seed(5)
-    x, w, b = torch.randn(1, 256, generator=gen), torch.randn(1024, 256, generator=gen), torch.randn(1024, generator=gen)
+    x, w, b = torch.randn(5, 256, generator=gen), torch.randn(1024, 256, generator=gen), torch.randn(1024, generator=gen)
     try:
         batched = torch.ops.seq2seq.linear_onednn(x.bfloat16(), w.bfloat16(), None).float() + b
     except RuntimeError:
         pytest.skip("this CPU has no oneDNN bfloat16 product")
-    got = torch.ops.seq2seq.linear_bf16_row(x, w, b)
+    got = torch.ops.seq2seq.linear_bf16_rows(x, w, b)
     differ = (got != batched).sum().item()
-    assert differ <= 10, f"{differ} of 1024 outputs differ from oneDNN's"
+    assert differ <= 50, f"{differ} of 5 x 1024 outputs differ from oneDNN's"
     torch.testing.assert_close(got, batched, rtol=2 ** -7, atol=0)
 
 
-def test_bf16_row_errors_are_clear():
+def test_bf16_rows_errors_are_clear():
     x, w = torch.randn(1, 8), torch.randn(3, 8)
-    with pytest.raises((ValueError, RuntimeError), match="one row, not 2"):
-        torch.ops.seq2seq.linear_bf16_row(torch.randn(2, 8), w, None)
+    with pytest.raises((ValueError, RuntimeError), match="1 to 8 rows, not 9"):
+        torch.ops.seq2seq.linear_bf16_rows(torch.randn(9, 8), w, None)
     with pytest.raises((ValueError, RuntimeError), match="x has 8 columns, the weights 10 input rows"):
-        torch.ops.seq2seq.linear_bf16_row(x, torch.randn(3, 9), None)
+        torch.ops.seq2seq.linear_bf16_rows(x, torch.randn(3, 9), None)
     with pytest.raises((ValueError, RuntimeError), match="bias must hold 3 float32 values"):
-        torch.ops.seq2seq.linear_bf16_row(x, w, torch.randn(4))
+        torch.ops.seq2seq.linear_bf16_rows(x, w, torch.randn(4))
     with pytest.raises((ValueError, RuntimeError), match="pack_bf16_pairs"):
-        torch.ops.seq2seq.linear_bf16_row(x, w.bfloat16(), None)
+        torch.ops.seq2seq.linear_bf16_rows(x, w.bfloat16(), None)
 
 
 def test_op_errors_are_clear():

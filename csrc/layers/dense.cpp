@@ -45,7 +45,7 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
         bf16_ = at::Tensor();
       }
       bf16_onednn_ = bf16_.defined();
-      if (bf16_onednn_ && bf16_row_kernel_native()) bf16_pairs_ = pack_bf16_pairs(weight);
+      if (bf16_rows_native()) bf16_pairs_ = pack_bf16_pairs(weight);
       if (!bf16_onednn_) {
         wt_ = weight.to(at::kBFloat16).to(at::kFloat).t().contiguous();
         onednn_ = pack_onednn(wt_.t());
@@ -56,7 +56,7 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
       // of nn.Linear makes it copy the whole matrix into its own layout at every call (up to
       // 40% of a batched decoding step). A lone row takes the same matrix-vector path either way.
       wt_ = weight.t().contiguous();
-      onednn_ = pack_onednn(weight);
+      if (!mkl_is_fastest_here()) onednn_ = pack_onednn(weight);
   }
 }
 
@@ -68,9 +68,10 @@ at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
                                                              : linear_int8(x, int8_);
       break;
     case ComputeType::BFloat16: {
-      // One row: our own kernel, the same numbers without oneDNN's 30-60 us a call, more than
-      // most of a greedy step's products take (docs/bench.md).
-      if (bf16_pairs_.defined() && x.size(0) == 1) return linear_bf16_row(x, bf16_pairs_, bias_, relu);
+      // A few rows (a step of one sentence or its beam, a short source): our own kernel, the
+      // same numbers without oneDNN's 30-60 us a call, more than most of these products take
+      // (docs/bench.md).
+      if (bf16_pairs_.defined() && x.size(0) <= kBf16MaxRows) return linear_bf16_rows(x, bf16_pairs_, bias_, relu);
       // bfloat16 inputs and outputs, float32 sums; the bias added in float32.
       const auto xb = x.to(at::kBFloat16);
       y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()).to(at::kFloat)

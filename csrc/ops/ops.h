@@ -82,18 +82,26 @@ at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const a
 // path on AMD CPUs; this one runs 1.7-2x faster on the products that fit the caches.
 at::Tensor linear_float_row(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, bool relu = false);
 
-// float32 weights (out, in) rounded to bfloat16 and laid out for linear_bf16_row: (in / 2
+// float32 weights (out, in) rounded to bfloat16 and laid out for linear_bf16_rows: (in / 2
 // rounded up, out, 2), input rows k and k + 1 side by side per output.
 at::Tensor pack_bf16_pairs(const at::Tensor& weight);
 
-// Whether linear_bf16_row runs on AVX-512 BF16's dot products here (the build has them and
-// the CPU too); elsewhere it is a scalar loop, correct but slower than oneDNN.
-bool bf16_row_kernel_native();
+// Whether linear_bf16_rows runs a register of 8 or more floats at a time here (AVX2 or
+// AVX-512 builds); elsewhere it is correct but slower than a float32 product.
+bool bf16_rows_native();
 
-// x (1, in) @ weight.T + bias with x and the weights in bfloat16, float32 sums rounded to
+// Whether MKL's float32 products of several rows beat oneDNN's on this CPU (an Intel one),
+// so that Dense sends them to MKL and packs no oneDNN copy of the weights.
+bool mkl_is_fastest_here();
+
+// The most rows linear_bf16_rows takes.
+constexpr int64_t kBf16MaxRows = 8;
+
+// x (rows, in) @ weight.T + bias with x and the weights in bfloat16, float32 sums rounded to
 // bfloat16, the bias added in float32, then max(0, .) with relu: the numbers of the batched
-// bfloat16 product (oneDNN's). A greedy step of one sentence; oneDNN's bf16 product costs
+// bfloat16 product (oneDNN's), for 1 to kBf16MaxRows rows (a decoding step of one sentence,
+// or of its beam), each weight read once for all of them. oneDNN's bf16 product costs
 // 30-60 us a call whatever its size, more than reading the weights of most layers.
-at::Tensor linear_bf16_row(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& bias, bool relu = false);
+at::Tensor linear_bf16_rows(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& bias, bool relu = false);
 
 }  // namespace seq2seq

@@ -14,7 +14,10 @@
 #include <immintrin.h>
 #endif
 
+#include <cpuid.h>
+
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "../ops.h"
@@ -262,12 +265,21 @@ at::Tensor pack_bf16_pairs(const at::Tensor& weight) {
   return wt.view({(in + 1) / 2, 2, out}).transpose(1, 2).contiguous().to(at::kBFloat16);
 }
 
-bool bf16_row_kernel_native() {
-#if defined(__AVX512BF16__)
-  return __builtin_cpu_supports("avx512bf16");
-#else
-  return false;
-#endif
+bool bf16_rows_native() { return cpu::kLanes >= 8; }
+
+bool mkl_is_fastest_here() {
+  // MKL takes its fast code paths on Intel's CPUs only; elsewhere oneDNN beats it on
+  // products of several rows (docs/bench.md). CTranslate2 decides the same way.
+  static const bool intel = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+    char vendor[13] = {};
+    std::memcpy(vendor, &ebx, 4);
+    std::memcpy(vendor + 4, &edx, 4);
+    std::memcpy(vendor + 8, &ecx, 4);
+    return std::string(vendor) == "GenuineIntel";
+  }();
+  return intel;
 }
 
 namespace {
@@ -288,65 +300,112 @@ inline uint16_t float_to_bf16(float f) {
 
 }  // namespace
 
-at::Tensor linear_bf16_row(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& bias, bool relu) {
+namespace {
+
+// A bfloat16 number is the top half of a float32: a pair of weights (k, k + 1) in one 32-bit
+// lane gives weight k shifted up and weight k + 1 masked, two registers of float32 weights
+// for kLanes outputs, whose products with bfloat16 inputs are exact in float32. So the sums
+// are plain float32 FMAs: twice the rate of AVX-512 BF16's dot-product instruction on the
+// CPUs measured, and any AVX2 CPU runs them (docs/engine.md).
+typedef uint32_t vuint __attribute__((vector_size(SEQ2SEQ_VECTOR_BYTES)));
+
+inline void bf16_pair_lanes(const uint16_t* w, cpu::vfloat& even, cpu::vfloat& odd) {
+  vuint v;
+  std::memcpy(&v, w, sizeof v);
+  const vuint lo = v << 16, hi = v & 0xffff0000u;
+  std::memcpy(&even, &lo, sizeof even);
+  std::memcpy(&odd, &hi, sizeof odd);
+}
+
+// R rows of x (float32 values of bfloat16 numbers, 2 * half each) times the paired weights,
+// columns [begin, end) of y: each weight register is loaded once for all R rows. R is a
+// template argument so the accumulators stay in registers.
+template <int R>
+void bf16_rows_columns(const float* xs, int64_t half, const uint16_t* wp, int64_t out, float* yp, int64_t begin,
+                       int64_t end) {
+  constexpr int64_t K = 4;  // pairs of weight rows per sweep over y, as linear_float_row
+  for (int64_t p = 0; p < half; p += K) {
+    const int64_t count = std::min(K, half - p);
+    int64_t j = begin;
+    if (count == K) {
+      for (; j + cpu::kLanes <= end; j += cpu::kLanes) {
+        cpu::vfloat a[R];
+        for (int r = 0; r < R; ++r) a[r] = cpu::load_lanes(yp + r * out + j);
+        for (int64_t i = 0; i < K; ++i) {
+          cpu::vfloat even, odd;
+          bf16_pair_lanes(wp + ((p + i) * out + j) * 2, even, odd);
+          for (int r = 0; r < R; ++r) {
+            const float* x = xs + r * 2 * half + 2 * (p + i);
+            a[r] = cpu::fma_lanes(even, cpu::broadcast_lanes(x), a[r]);
+            a[r] = cpu::fma_lanes(odd, cpu::broadcast_lanes(x + 1), a[r]);
+          }
+        }
+        for (int r = 0; r < R; ++r) std::memcpy(yp + r * out + j, &a[r], sizeof a[r]);
+      }
+    }
+    for (; j < end; ++j)
+      for (int r = 0; r < R; ++r)
+        for (int64_t i = 0; i < count; ++i) {
+          const uint16_t* w = wp + ((p + i) * out + j) * 2;
+          const float* x = xs + r * 2 * half + 2 * (p + i);
+          // Products of two bfloat16 numbers are exact in float32: fused or not, the same sums.
+          float& y = yp[r * out + j];
+          y += bf16_to_float(w[0]) * x[0];
+          y += bf16_to_float(w[1]) * x[1];
+        }
+  }
+}
+
+// The sums rounded to bfloat16, then the bias in float32 and the ReLU: what the batched
+// product (oneDNN's bf16) gives.
+void bf16_round_add_bias(float* y, const float* bias, bool relu, int64_t begin, int64_t end) {
+  for (int64_t j = begin; j < end; ++j) {
+    const float v = bf16_to_float(float_to_bf16(y[j])) + (bias ? bias[j] : 0.f);
+    y[j] = relu ? std::max(v, 0.f) : v;
+  }
+}
+
+}  // namespace
+
+at::Tensor linear_bf16_rows(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& bias, bool relu) {
   check_float(x, "x", 2);
   check(pairs.scalar_type() == at::kBFloat16 && pairs.dim() == 3 && pairs.size(2) == 2,
-        "linear_bf16_row needs the weights from pack_bf16_pairs: bfloat16 (in / 2, out, 2)");
-  check(x.size(0) == 1, "linear_bf16_row multiplies one row, not " + std::to_string(x.size(0)));
+        "linear_bf16_rows needs the weights from pack_bf16_pairs: bfloat16 (in / 2, out, 2)");
+  const int64_t rows = x.size(0);
+  check(rows >= 1 && rows <= kBf16MaxRows, "linear_bf16_rows multiplies 1 to " + std::to_string(kBf16MaxRows) +
+                                               " rows, not " + std::to_string(rows));
   const int64_t half = pairs.size(0), out = pairs.size(1), in = x.size(1);
   check((in + 1) / 2 == half, "x has " + std::to_string(in) + " columns, the weights " + std::to_string(2 * half) +
                                   " input rows (in pairs)");
   check(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == out),
         "bias must hold " + std::to_string(out) + " float32 values");
-  // x rounded to bfloat16, as the batched product (oneDNN's bf16) rounds it; a zero after an odd last column.
-  std::vector<uint16_t> xs(2 * half, 0);
+  // x rounded to bfloat16, as the batched product rounds it; a zero after an odd last column.
+  std::vector<float> xs(rows * 2 * half, 0.f);
   const auto xc = x.contiguous();
-  for (int64_t k = 0; k < in; ++k) xs[k] = float_to_bf16(xc.data_ptr<float>()[k]);
-  auto y = at::zeros({1, out}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < in; ++k) xs[r * 2 * half + k] = bf16_to_float(float_to_bf16(xp[r * in + k]));
+  auto y = at::zeros({rows, out}, x.options());
   const auto wc = pairs.contiguous();
   const auto* wp = reinterpret_cast<const uint16_t*>(wc.data_ptr<at::BFloat16>());
   float* yp = y.data_ptr<float>();
-  const float* bp = bias.defined() ? bias.contiguous().data_ptr<float>() : nullptr;
-  // As linear_float_row: K pairs of weight rows per sweep over y's columns, y in the
-  // first-level cache, the weights streamed in order.
-  constexpr int64_t K = 4;
-  auto columns = [&](int64_t begin, int64_t end) {
-    for (int64_t p = 0; p < half; p += K) {
-      const int64_t count = std::min(K, half - p);
-      int64_t j = begin;
-#if defined(__AVX512BF16__)
-      if (count == K) {
-        __m512bh xv[K];
-        for (int64_t i = 0; i < K; ++i) {
-          uint32_t two;
-          std::memcpy(&two, &xs[2 * (p + i)], sizeof two);
-          xv[i] = (__m512bh)_mm512_set1_epi32(static_cast<int>(two));
-        }
-        for (; j + 16 <= end; j += 16) {
-          __m512 a = _mm512_loadu_ps(yp + j);
-          for (int64_t i = 0; i < K; ++i)
-            a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(wp + ((p + i) * out + j) * 2), xv[i]);
-          _mm512_storeu_ps(yp + j, a);
-        }
-      }
-#endif
-      for (; j < end; ++j)
-        for (int64_t i = 0; i < count; ++i) {
-          const uint16_t* w = wp + ((p + i) * out + j) * 2;
-          yp[j] += bf16_to_float(w[0]) * bf16_to_float(xs[2 * (p + i)]) +
-                   bf16_to_float(w[1]) * bf16_to_float(xs[2 * (p + i) + 1]);
-        }
-    }
-    // The sums rounded to bfloat16, then the bias in float32: what the batched product gives.
-    for (int64_t j = begin; j < end; ++j) {
-      float v = bf16_to_float(float_to_bf16(yp[j])) + (bp ? bp[j] : 0.f);
-      yp[j] = relu ? std::max(v, 0.f) : v;
-    }
-  };
+  const auto bc = bias.defined() ? bias.contiguous() : bias;
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  using Columns = void (*)(const float*, int64_t, const uint16_t*, int64_t, float*, int64_t, int64_t);
+  static constexpr Columns kColumns[kBf16MaxRows] = {bf16_rows_columns<1>, bf16_rows_columns<2>, bf16_rows_columns<3>,
+                                                     bf16_rows_columns<4>, bf16_rows_columns<5>, bf16_rows_columns<6>,
+                                                     bf16_rows_columns<7>, bf16_rows_columns<8>};
+  static_assert(kBf16MaxRows == 8, "one instance per row count");
+  const Columns columns = kColumns[rows - 1];
+  // Columns in blocks of a cache line, split across the threads when there is enough to split.
   constexpr int64_t kBlock = 64 / sizeof(float);
   const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
-  auto block_range = [&](int64_t b0, int64_t b1) { columns(b0 * kBlock, std::min(out, b1 * kBlock)); };
-  if (threads > 1 && in * out >= (int64_t{1} << 17))
+  auto block_range = [&](int64_t b0, int64_t b1) {
+    const int64_t begin = b0 * kBlock, end = std::min(out, b1 * kBlock);
+    columns(xs.data(), half, wp, out, yp, begin, end);
+    for (int64_t r = 0; r < rows; ++r) bf16_round_add_bias(yp + r * out, bp, relu, begin, end);
+  };
+  if (threads > 1 && in * out >= (int64_t{1} << 16))
     at::parallel_for(0, blocks, (blocks + threads - 1) / threads, block_range);
   else
     block_range(0, blocks);
@@ -355,12 +414,12 @@ at::Tensor linear_bf16_row(const at::Tensor& x, const at::Tensor& pairs, const a
 
 namespace {
 
-// The engine's bfloat16 product of one row, for tests and benchmarks: float32 weights
+// The engine's bfloat16 product of a few rows, for tests and benchmarks: float32 weights
 // (out, in) are rounded and paired at the call; bfloat16 ones come paired already.
-at::Tensor linear_bf16_row_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+at::Tensor linear_bf16_rows_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                               bool relu) {
   const auto pairs = weight.scalar_type() == at::kBFloat16 ? weight : pack_bf16_pairs(weight);
-  return linear_bf16_row(x, pairs, bias.value_or(at::Tensor()), relu);
+  return linear_bf16_rows(x, pairs, bias.value_or(at::Tensor()), relu);
 }
 
 // The engine's float32 product of one row, for tests and benchmarks.
@@ -400,6 +459,6 @@ TORCH_LIBRARY_IMPL(seq2seq, CPU, m) {
   m.impl("linear_onednn", &seq2seq::linear_onednn_op);
   m.impl("linear_int8_rows", &seq2seq::linear_int8_rows_op);
   m.impl("linear_float_row", &seq2seq::linear_float_row_op);
-  m.impl("linear_bf16_row", &seq2seq::linear_bf16_row_op);
+  m.impl("linear_bf16_rows", &seq2seq::linear_bf16_rows_op);
   m.impl("pack_bf16_pairs", &seq2seq::pack_bf16_pairs);
 }

@@ -63,6 +63,18 @@ inline vfloat fma_lanes(vfloat a, vfloat b, vfloat c) {
 #endif
 }
 
+// x in every lane. Spelled `vfloat{} + x`, GCC must add the zero (-0 + 0 is +0), an extra
+// instruction per use inside a loop.
+inline vfloat broadcast_lanes(const float* x) {
+#if defined(__AVX512F__)
+  return _mm512_set1_ps(*x);
+#elif defined(__AVX__)
+  return _mm256_set1_ps(*x);
+#else
+  return _mm_set1_ps(*x);
+#endif
+}
+
 inline vfloat load_lanes(const float* x) {
   vfloat v;
   std::memcpy(&v, x, sizeof v);
