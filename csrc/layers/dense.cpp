@@ -36,19 +36,23 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
       int8_rows_ = quantize_int8_rows(weight);
       break;
     case ComputeType::BFloat16:
-      try {
-        bf16_ = pack_onednn(weight.to(at::kBFloat16));
-      } catch (const c10::Error&) {
-        // oneDNN's bf16 needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT. Elsewhere ATen's bf16
-        // product is 5-19x slower than float32 (docs/engine.md), so the weights
-        // are rounded to bfloat16 and multiplied in float32: bfloat16's numbers at float32's speed.
-        bf16_ = at::Tensor();
+      // oneDNN's bf16 needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT. Elsewhere ATen's bf16
+      // product is 5-19x slower than float32 (docs/engine.md), and on Intel's CPUs MKL's
+      // float32 product is faster than oneDNN's bf16 one (docs/bench.md): there the weights
+      // are rounded to bfloat16 and batches multiplied in float32, bfloat16's numbers at
+      // float32's speed.
+      if (!mkl_is_fastest_here()) {
+        try {
+          bf16_ = pack_onednn(weight.to(at::kBFloat16));
+        } catch (const c10::Error&) {
+          bf16_ = at::Tensor();
+        }
       }
       bf16_onednn_ = bf16_.defined();
       if (bf16_rows_native()) bf16_pairs_ = pack_bf16_pairs(weight);
       if (!bf16_onednn_) {
         wt_ = weight.to(at::kBFloat16).to(at::kFloat).t().contiguous();
-        onednn_ = pack_onednn(wt_.t());
+        if (!mkl_is_fastest_here()) onednn_ = pack_onednn(wt_.t());
       }
       break;
     default:
