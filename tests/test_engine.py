@@ -235,6 +235,19 @@ def test_int8_rows_errors_are_clear():
         torch.ops.seq2seq.linear_int8_rows(x, w.to(torch.int8)[:, :8], None, None)
 
 
+def assert_same_bits_on_one_and_two_threads(product):
+    # Each column is summed in the same order whichever thread takes it: split or not, the
+    # same bits.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = product()
+        torch.set_num_threads(2)
+        assert torch.equal(product(), alone)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("inputs,outputs", [(256, 4000), (1024, 256), (17, 33), (7, 13), (256, 1024)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_float_row_product_matches_the_double_product(inputs, outputs, bias):
@@ -249,16 +262,7 @@ def test_float_row_product_matches_the_double_product(inputs, outputs, bias):
     torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5 * inputs ** 0.5)
     torch.testing.assert_close(torch.ops.seq2seq.linear_float_row(x, w, b, relu=True).double(), exact.relu(),
                                rtol=1e-5, atol=1e-5 * inputs ** 0.5)
-    # Each column is summed in the same order whichever thread takes it: split or not, the
-    # same bits.
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        alone = torch.ops.seq2seq.linear_float_row(x, w, b)
-        torch.set_num_threads(2)
-        assert torch.equal(torch.ops.seq2seq.linear_float_row(x, w, b), alone)
-    finally:
-        torch.set_num_threads(threads)
+    assert_same_bits_on_one_and_two_threads(lambda: torch.ops.seq2seq.linear_float_row(x, w, b))
 
 
 def test_float_row_errors_are_clear():
@@ -291,14 +295,7 @@ def test_bf16_rows_product_matches_the_double_product_of_the_rounded_numbers(inp
     assert pairs.shape == ((inputs + 1) // 2, outputs, 2) and pairs.dtype == torch.bfloat16
     assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, pairs, b), got)
     assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, pairs, b, relu=True), got.relu())
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        alone = torch.ops.seq2seq.linear_bf16_rows(x, pairs, b)
-        torch.set_num_threads(2)
-        assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, pairs, b), alone)
-    finally:
-        torch.set_num_threads(threads)
+    assert_same_bits_on_one_and_two_threads(lambda: torch.ops.seq2seq.linear_bf16_rows(x, pairs, b))
 
 
 def test_bf16_rows_product_gives_the_batched_products_numbers():
