@@ -101,6 +101,38 @@ def test_attention_op_matches_reference(additive):
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+@pytest.mark.parametrize("shape", [(1, 256), (3, 33), (2, 5, 64), (200, 16)])
+def test_add_layer_norm_op_matches_torch(shape):
+    g = torch.Generator().manual_seed(2)
+    d = shape[-1]
+    # An offset and a spread unlike a unit normal's: the moments must not lose precision.
+    x = torch.randn(*shape, generator=g) * 7 + 40
+    residual = torch.randn(*shape, generator=g)
+    weight, bias = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    total, normed = torch.ops.seq2seq.add_layer_norm(x, residual, weight, bias, 1e-5)
+    assert torch.equal(total, x + residual)
+    torch.testing.assert_close(normed, F.layer_norm(x + residual, (d,), weight, bias, 1e-5), atol=2e-5, rtol=1e-5)
+    alone, normed_alone = torch.ops.seq2seq.add_layer_norm(x, None, weight, bias, 1e-5)
+    assert torch.equal(alone, x)
+    torch.testing.assert_close(normed_alone, F.layer_norm(x, (d,), weight, bias, 1e-5), atol=2e-5, rtol=1e-5)
+    # A non-contiguous input gives the same answer.
+    wide = torch.stack([x, x], -1)[..., 0]
+    assert not wide.is_contiguous()
+    assert torch.equal(torch.ops.seq2seq.add_layer_norm(wide, residual, weight, bias, 1e-5)[1], normed)
+    torch.library.opcheck(torch.ops.seq2seq.add_layer_norm.default, (x, residual, weight, bias, 1e-5),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_add_layer_norm_errors_are_clear():
+    x, w = torch.randn(2, 8), torch.ones(8)
+    with pytest.raises(ValueError, match=r"weight and bias must hold x's last dimension \(8\) values"):
+        torch.ops.seq2seq.add_layer_norm(x, None, torch.ones(7), w, 1e-5)
+    with pytest.raises(ValueError, match="residual must be a float32 CPU tensor of x's shape"):
+        torch.ops.seq2seq.add_layer_norm(x, torch.randn(2, 7), w, w, 1e-5)
+    with pytest.raises(ValueError, match="x must be a float32 CPU tensor"):
+        torch.ops.seq2seq.add_layer_norm(x.double(), None, w, w, 1e-5)
+
+
 def candidates_reference(logits, row_scores, rule, banned, eos, group, count):
     lp = F.log_softmax(logits, -1)
     lp[:, banned] = float("-inf")

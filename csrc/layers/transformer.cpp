@@ -25,7 +25,12 @@ LayerNorm::LayerNorm(WeightReader& w, const std::string& prefix, int64_t d)
     : weight(w.get(prefix + ".weight", {d})), bias(w.get(prefix + ".bias", {d})) {}
 
 at::Tensor LayerNorm::operator()(const at::Tensor& x) const {
-  return at::layer_norm(x, {weight.size(0)}, weight, bias, 1e-5);
+  return std::get<1>(add_layer_norm(x, std::nullopt, weight, bias, 1e-5));
+}
+
+std::pair<at::Tensor, at::Tensor> LayerNorm::add(const at::Tensor& x, const at::Tensor& residual) const {
+  auto [sum, normed] = add_layer_norm(x, residual, weight, bias, 1e-5);
+  return {sum, normed};
 }
 
 FeedForward::FeedForward(WeightReader& w, const std::string& prefix, int64_t d, int64_t ff_dim, ComputeType type)
@@ -66,11 +71,28 @@ at::Tensor MultiHeadAttention::sequence(const at::Tensor& x, const at::Tensor& m
   return out_(out).view({N, S, d_});
 }
 
-at::Tensor MultiHeadAttention::step_self(const at::Tensor& x, at::Tensor& keys, at::Tensor& values) const {
+namespace {
+
+// Writes position `step` of a cache (R, capacity, d), first doubling its capacity when full:
+// a copy of the cache every few steps rather than at every one (at::cat's way).
+void write_position(at::Tensor& cache, const at::Tensor& position, int64_t step) {
+  const int64_t capacity = cache.size(1);
+  if (capacity <= step) {
+    auto grown = at::empty({cache.size(0), std::max({step + 1, 2 * capacity, int64_t{16}}), cache.size(2)},
+                           cache.options());
+    grown.narrow(1, 0, capacity).copy_(cache);
+    cache = grown;
+  }
+  cache.select(1, step).copy_(position);
+}
+
+}  // namespace
+
+at::Tensor MultiHeadAttention::step_self(const at::Tensor& x, at::Tensor& keys, at::Tensor& values, int64_t step,
+                                         const at::Tensor& lengths) const {
   const auto qkv = qkv_(x).chunk(3, 1);
-  keys = keys.defined() ? at::cat({keys, qkv[1].unsqueeze(1)}, 1) : qkv[1].unsqueeze(1).contiguous();
-  values = values.defined() ? at::cat({values, qkv[2].unsqueeze(1)}, 1) : qkv[2].unsqueeze(1).contiguous();
-  const auto lengths = at::full({x.size(0)}, keys.size(1), x.options().dtype(at::kLong));
+  write_position(keys, qkv[1], step);
+  write_position(values, qkv[2], step);
   const auto [context, weights] = multi_head_attention(qkv[0], keys, values, lengths, std::nullopt, heads_);
   return out_(context);
 }

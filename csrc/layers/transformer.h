@@ -26,6 +26,8 @@ struct LayerNorm {
   LayerNorm() = default;
   LayerNorm(WeightReader& w, const std::string& prefix, int64_t d);
   at::Tensor operator()(const at::Tensor& x) const;
+  // (x + residual, norm(x + residual)) in one pass: a residual sublayer's end.
+  std::pair<at::Tensor, at::Tensor> add(const at::Tensor& x, const at::Tensor& residual) const;
 };
 
 struct FeedForward {
@@ -49,8 +51,10 @@ class MultiHeadAttention {
   // seq2seq/models.py's own operations.
   at::Tensor sequence(const at::Tensor& x, const at::Tensor& mask) const;
 
-  // Self-attention of a decode step: x (R, d); keys/values (R, t, d) grow by this position.
-  at::Tensor step_self(const at::Tensor& x, at::Tensor& keys, at::Tensor& values) const;
+  // Self-attention of decode step `step`: x (R, d); the cache keys/values (R, capacity, d)
+  // gets this position (its capacity doubled when full); lengths (R) holds step + 1.
+  at::Tensor step_self(const at::Tensor& x, at::Tensor& keys, at::Tensor& values, int64_t step,
+                       const at::Tensor& lengths) const;
 
   // The source's keys and values (N, S, d), heads side by side, computed once per batch.
   std::pair<at::Tensor, at::Tensor> source_keys_values(const at::Tensor& memory) const;

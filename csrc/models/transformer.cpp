@@ -1,8 +1,8 @@
 // The Transformer of seq2seq/models.py: pre- or post-norm, sinusoidal or learned positions,
 // tied or separate output embeddings, any layer, head and width count, ReLU feed-forward.
 //
-// State: rows k0, v0, ... (each decoder layer's self-attention cache, (rows, t, d), one
-//        position longer every step), sentence;
+// State: rows k0, v0, ... (each decoder layer's self-attention cache, (rows, capacity, d),
+//        positions 0..step written), sentence;
 //        sources ck0, cv0, ... (each layer's keys/values of the source, (N, S, d)), lengths.
 #include <ATen/ATen.h>
 
@@ -37,7 +37,7 @@ class TransformerModel : public Model {
   // A residual sublayer: x + f(norm(x)) before normalization (pre-norm), norm(x + f(x)) after.
   template <typename F>
   at::Tensor residual(const at::Tensor& x, const LayerNorm& norm, F f) const {
-    return cfg_.pre_norm ? x + f(norm(x)) : norm(x + f(x));
+    return cfg_.pre_norm ? x + f(norm(x)) : norm.add(x, f(x)).second;
   }
 
   TransformerConfig cfg_;
@@ -127,20 +127,34 @@ Step TransformerModel::step(int64_t step, const at::Tensor& previous, State& sta
   const auto& sentence = rows.at("sentence");
   const auto& lengths = state.sources.at("lengths");
   auto x = tgt_embed_(previous.unsqueeze(1), step).squeeze(1);
+  const auto self_lengths = at::full({x.size(0)}, step + 1, x.options().dtype(at::kLong));
   at::Tensor weights;
-  for (const auto& layer : dec_) {
-    x = residual(x, layer.norm0,
-                 [&](const at::Tensor& y) { return layer.self_attn.step_self(y, rows[layer.k], rows[layer.v]); });
-    x = residual(x, layer.norm1, [&](const at::Tensor& y) {
-      auto [out, w] = layer.cross_attn.step_cross(y, state.sources.at(layer.ck), state.sources.at(layer.cv), lengths,
-                                                  sentence);
-      weights = w;
-      return out;
-    });
-    x = residual(x, layer.norm2, layer.ff);
+  auto self_attn = [&](const DecoderLayer& layer, const at::Tensor& y) {
+    return layer.self_attn.step_self(y, rows[layer.k], rows[layer.v], step, self_lengths);
+  };
+  auto cross_attn = [&](const DecoderLayer& layer, const at::Tensor& y) {
+    auto [out, w] = layer.cross_attn.step_cross(y, state.sources.at(layer.ck), state.sources.at(layer.cv), lengths,
+                                                sentence);
+    weights = w;
+    return out;
+  };
+  if (!cfg_.pre_norm) {
+    for (const auto& layer : dec_) {
+      x = layer.norm0.add(x, self_attn(layer, x)).second;
+      x = layer.norm1.add(x, cross_attn(layer, x)).second;
+      x = layer.norm2.add(x, layer.ff(x)).second;
+    }
+    return {out_(x), weights};
   }
-  if (cfg_.pre_norm) x = dec_norm_(x);
-  return {out_(x), weights};
+  // Pre-norm: each residual sum and the next sublayer's norm in one pass; h is the normed x.
+  auto h = dec_.front().norm0(x);
+  for (size_t i = 0; i < dec_.size(); ++i) {
+    const auto& layer = dec_[i];
+    std::tie(x, h) = layer.norm1.add(x, self_attn(layer, h));
+    std::tie(x, h) = layer.norm2.add(x, cross_attn(layer, h));
+    std::tie(x, h) = (i + 1 < dec_.size() ? dec_[i + 1].norm0 : dec_norm_).add(x, layer.ff(h));
+  }
+  return {out_(h), weights};
 }
 
 }  // namespace

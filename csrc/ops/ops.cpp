@@ -11,6 +11,7 @@ TORCH_LIBRARY(seq2seq, m) {
         "-> (Tensor, Tensor)");
   m.def("multi_head_attention(Tensor query, Tensor keys, Tensor values, Tensor lengths, Tensor? sentence, "
         "int heads) -> (Tensor, Tensor)");
+  m.def("add_layer_norm(Tensor x, Tensor? residual, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor)");
   m.def("beam_candidates(Tensor logits, Tensor row_scores, Tensor eos_rule, int[] banned, int eos, int group, "
         "int count) -> (Tensor, Tensor)");
   // The engine's oneDNN product, packing the weight at every call: for tests.
@@ -54,6 +55,14 @@ std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query,
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
       int64_t)>("seq2seq::multi_head_attention");
   return handle.call(query, keys, values, lengths, sentence, heads);
+}
+
+std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                                  const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
+      const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double)>(
+      "seq2seq::add_layer_norm");
+  return handle.call(x, residual, weight, bias, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, const at::Tensor& row_scores,

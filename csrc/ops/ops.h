@@ -1,4 +1,4 @@
-// The engine's ops. attention, multi_head_attention and beam_candidates are torch ops
+// The engine's ops. attention, multi_head_attention, add_layer_norm and beam_candidates are torch ops
 // (declared once in ops/ops.cpp, implemented per device in ops/cpu/) and these functions
 // call them through the dispatcher, so a model's tensors pick the implementation of their
 // device. The products of layers::Dense are plain functions over PyTorch's own operators.
@@ -29,6 +29,12 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query, const at::
 std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query, const at::Tensor& keys,
                                                         const at::Tensor& values, const at::Tensor& lengths,
                                                         const std::optional<at::Tensor>& sentence, int64_t heads);
+
+// The residual sum and layer norm of a Transformer sublayer: sum = x + residual (x itself
+// without one) and layer_norm(sum) over the last dimension with weight, bias and eps, as
+// torch.nn.LayerNorm computes it (the moments in double). Any shape; returns (sum, normed).
+std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                                  const at::Tensor& weight, const at::Tensor& bias, double eps);
 
 // Log-softmax, constraints, adding the beam scores and the top-k, fused.
 // logits (R, V) with R = blocks * group rows; row_scores (R) float; eos_rule (R) int8:
