@@ -11,6 +11,11 @@ namespace seq2seq {
 // Up to this many rows the int8 product is our own kernel, beyond it FBGEMM's
 // (measured per shape: benchmarks/int8_rows.py).
 constexpr int64_t kInt8FewRows = 2;
+// Up to this many rows the bfloat16 product is our own kernel: a decoding step of one
+// sentence or its beam, and the encoder of one source of up to 16 tokens, whose products it
+// ran in 36-39 us against MKL's 49-51 on the bf16-rounded float32 weights (Tatoeba
+// Transformer, 2 threads). Beyond, MKL reads a larger batch's weights once at its own speed.
+constexpr int64_t kBf16OwnRows = 16;
 
 ComputeType parse_compute_type(const std::string& name) {
   if (name == "float32") return ComputeType::Float32;
@@ -75,7 +80,7 @@ at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
       // A few rows (a step of one sentence or its beam, a short source): our own kernel, the
       // same numbers without oneDNN's 30-60 us a call, more than most of these products take
       // (docs/bench.md).
-      if (bf16_pairs_.defined() && x.size(0) <= kBf16MaxRows) return linear_bf16_rows(x, bf16_pairs_, bias_, relu);
+      if (bf16_pairs_.defined() && x.size(0) <= kBf16OwnRows) return linear_bf16_rows(x, bf16_pairs_, bias_, relu);
       // bfloat16 inputs and outputs, float32 sums; the bias added in float32.
       const auto xb = x.to(at::kBFloat16);
       y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()).to(at::kFloat)

@@ -53,10 +53,9 @@ MultiHeadAttention::MultiHeadAttention(WeightReader& w, const std::string& prefi
   const auto wk = get("k_proj.weight", true), bk = get("k_proj.bias", false);
   const auto wv = get("v_proj.weight", true), bv = get("v_proj.bias", false);
   const auto wo = get("out_proj.weight", true), bo = get("out_proj.bias", false);
-  if (role == Role::Encoder) type = ComputeType::Float32;  // the whole sequence once, in float32
   // Self-attention: one product for the queries, keys and values.
   if (role != Role::DecoderCross) qkv_ = Dense(at::cat({wq, wk, wv}), at::cat({bq, bk, bv}), type);
-  else query_ = Dense(wq, bq, type), key_value_ = Dense(at::cat({wk, wv}), at::cat({bk, bv}), ComputeType::Float32);
+  else query_ = Dense(wq, bq, type), key_value_ = Dense(at::cat({wk, wv}), at::cat({bk, bv}), type);
   out_ = Dense(wo, bo, type);
 }
 

