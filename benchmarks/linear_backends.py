@@ -57,7 +57,7 @@ def main() -> int:
                                rounds=args.rounds)
             own = ""
             if rows == 1:
-                kernel = per_call_us(lambda: torch.ops.seq2seq.linear_float_row(x, wt, b), rounds=args.rounds)
+                kernel = per_call_us(lambda: torch.ops.seq2seq.linear_float_rows(x, wt, b), rounds=args.rounds)
                 own = f"{kernel:.0f} | {mkl / kernel:.2f}"
             engine = "kernel" if rows == 1 else "oneDNN" if rows * out * inp >= 1 << 19 else "MKL"
             print(f"| {shape} | {rows} | {mkl:.0f} | {dnnl:.0f} | {mkl / dnnl:.2f} | {own or ' | '} | {engine} |",

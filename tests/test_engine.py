@@ -280,31 +280,34 @@ def assert_same_bits_on_one_and_two_threads(product):
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("inputs,outputs", [(256, 4000), (1024, 256), (17, 33), (7, 13), (256, 1024)])
+@pytest.mark.parametrize("inputs,outputs,rows", [(256, 4000, 1), (1024, 256, 1), (17, 33, 1), (7, 13, 3),
+                                                 (256, 1024, 5), (256, 768, 13), (31, 40, 17)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_float_row_product_matches_the_double_product(inputs, outputs, bias):
+def test_float_rows_product_matches_the_double_product(inputs, outputs, rows, bias):
     gen = torch.Generator().manual_seed(inputs * outputs)
-    x, w = torch.randn(1, inputs, generator=gen), torch.randn(outputs, inputs, generator=gen)
+    x, w = torch.randn(rows, inputs, generator=gen), torch.randn(outputs, inputs, generator=gen)
     b = torch.randn(outputs, generator=gen) if bias else None
     exact = F.linear(x.double(), w.double(), None if b is None else b.double())
     w = w.t().contiguous()  # (in, out), as the engine keeps it
-    got = torch.ops.seq2seq.linear_float_row(x, w, b)
-    assert got.shape == (1, outputs) and got.dtype == torch.float32
+    got = torch.ops.seq2seq.linear_float_rows(x, w, b)
+    assert got.shape == (rows, outputs) and got.dtype == torch.float32
+    # Each row's numbers do not depend on the rows beside it.
+    assert torch.equal(torch.ops.seq2seq.linear_float_rows(x[-1:], w, b), got[-1:])
     # float32 sums of terms of size ~1: within a few units of rounding of sqrt(inputs)
     torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5 * inputs ** 0.5)
-    torch.testing.assert_close(torch.ops.seq2seq.linear_float_row(x, w, b, relu=True).double(), exact.relu(),
+    torch.testing.assert_close(torch.ops.seq2seq.linear_float_rows(x, w, b, relu=True).double(), exact.relu(),
                                rtol=1e-5, atol=1e-5 * inputs ** 0.5)
-    assert_same_bits_on_one_and_two_threads(lambda: torch.ops.seq2seq.linear_float_row(x, w, b))
+    assert_same_bits_on_one_and_two_threads(lambda: torch.ops.seq2seq.linear_float_rows(x, w, b))
 
 
-def test_float_row_errors_are_clear():
+def test_float_rows_errors_are_clear():
     x, w = torch.randn(1, 8), torch.randn(8, 3)
-    with pytest.raises((ValueError, RuntimeError), match="one row, not 2"):
-        torch.ops.seq2seq.linear_float_row(torch.randn(2, 8), w, None)
+    with pytest.raises((ValueError, RuntimeError), match="at least one row"):
+        torch.ops.seq2seq.linear_float_rows(torch.randn(0, 8), w, None)
     with pytest.raises((ValueError, RuntimeError), match="x has 8 columns, the weights 9 rows"):
-        torch.ops.seq2seq.linear_float_row(x, torch.randn(9, 3), None)
+        torch.ops.seq2seq.linear_float_rows(x, torch.randn(9, 3), None)
     with pytest.raises((ValueError, RuntimeError), match="bias must hold 3 float32 values"):
-        torch.ops.seq2seq.linear_float_row(x, w, torch.randn(4))
+        torch.ops.seq2seq.linear_float_rows(x, w, torch.randn(4))
 
 
 @pytest.mark.parametrize("inputs,outputs,rows", [(256, 4000, 1), (1024, 256, 5), (17, 33, 8), (7, 13, 3),

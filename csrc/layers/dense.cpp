@@ -11,6 +11,8 @@ namespace seq2seq {
 // Up to this many rows the int8 product is our own kernel, beyond it FBGEMM's
 // (measured per shape: benchmarks/int8_rows.py).
 constexpr int64_t kInt8FewRows = 2;
+// Up to this many rows the float32 product is our own kernel where MKL is the library.
+constexpr int64_t kFloatOwnRows = 16;
 // Up to this many rows the bfloat16 product is our own kernel: a decoding step of one
 // sentence or its beam, and the encoder of one source of up to 16 tokens, whose products it
 // ran in 36-39 us against MKL's 49-51 on the bf16-rounded float32 weights (Tatoeba
@@ -99,8 +101,10 @@ at::Tensor Dense::float32(const at::Tensor& x, const at::Tensor& bias, bool relu
   // does not earn back (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
   const int64_t rows = x.size(0);
   // One row (a greedy step of one sentence): our own kernel, 1.16x the sentences/s of MKL's
-  // matrix-vector product at greedy batch 1 on the Tatoeba Transformer (docs/bench.md).
-  if (rows == 1) return linear_float_row(x, wt_, bias, relu);
+  // matrix-vector product at greedy batch 1 on the Tatoeba Transformer (docs/bench.md). On
+  // Intel's CPUs up to 16 rows too (the encoder of a short source: 47-64 us a product against
+  // MKL's 60-73, which copies the weights first); elsewhere that is not measured.
+  if (rows == 1 || (rows <= kFloatOwnRows && mkl_is_fastest_here())) return linear_float_rows(x, wt_, bias, relu);
   if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19))
     return linear_onednn(x, onednn_, bias, relu);
   // MKL multiplies a few rows on one thread, so a decoding step of one sentence read its

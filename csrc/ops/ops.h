@@ -83,10 +83,14 @@ Int8Rows quantize_int8_rows(const at::Tensor& weight);
 // sentence spends in most of its products; it stays for batches (linear_int8).
 at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const at::Tensor& bias);
 
-// x (1, in) @ wt (in, out) + bias, then max(0, .) with relu: the float32 product of one row
-// (a greedy decoding step of one sentence). MKL's matrix-vector kernel takes its generic
-// path on AMD CPUs; this one runs 1.7-2x faster on the products that fit the caches.
-at::Tensor linear_float_row(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, bool relu = false);
+// The rows linear_float_rows multiplies at once, each weight loaded once for all of them.
+constexpr int64_t kFloatRowsAtOnce = 8;
+
+// x (rows, in) @ wt (in, out) + bias, then max(0, .) with relu: the float32 product of a few
+// rows (a decoding step of one sentence or its beam), kFloatRowsAtOnce at a time. MKL's
+// matrix-vector kernel takes its generic path on AMD CPUs (this one ran 1.7-2x faster on the
+// products that fit the caches), and its product of a few rows copies the weights first.
+at::Tensor linear_float_rows(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, bool relu = false);
 
 // float32 weights (out, in) rounded to bfloat16 and laid out for linear_bf16_rows: (in / 2
 // rounded up, out, 2), input rows k and k + 1 side by side per output.

@@ -1,9 +1,10 @@
 // The matrix products of layers::Dense on the CPU: oneDNN (float32, bfloat16) and FBGEMM
-// (int8) through PyTorch's own operators, never a hand-written GEMM. Two kernels of our own
-// cover the products of one decoding step of a single sentence, where the libraries are
-// slowest: the int8 product of a few rows (linear_int8_rows), where FBGEMM's set-up per call
-// costs more than the arithmetic, and the float32 product of one row (linear_float_row),
-// where MKL's matrix-vector kernel takes its generic path on AMD CPUs.
+// (int8) through PyTorch's own operators, never a hand-written GEMM. Kernels of our own cover
+// the products of a few rows (a decoding step of one sentence or its beam), where the
+// libraries are slowest: int8 (linear_int8_rows), where FBGEMM's set-up per call costs more
+// than the arithmetic; float32 (linear_float_rows), where MKL's matrix-vector kernel takes its
+// generic path on AMD CPUs and its small products copy the weights first; and bfloat16
+// (linear_bf16_rows), where oneDNN's set-up costs 30-60 us a call.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
@@ -203,52 +204,74 @@ at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const a
 #endif
 }
 
-at::Tensor linear_float_row(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, bool relu) {
+namespace {
+
+// R rows of x times wt (in, out), columns [begin, end) of y (which holds the bias or zeros):
+// the weights are read row by row, K rows of `wt` per sweep over y's columns, so y stays in
+// the first-level cache and the weights stream in order, each weight register loaded once
+// for all R rows. Going down the columns of `wt` instead (a dot product per output) jumps a
+// page per step when out >= 1024 and ran at half the speed (benchmarks/linear_backends.py).
+template <int R>
+void float_rows_columns(const float* xp, int64_t in, const float* wp, int64_t out, float* yp, int64_t begin,
+                        int64_t end) {
+  constexpr int64_t K = 8;
+  for (int64_t k = 0; k < in; k += K) {
+    const int64_t count = std::min(K, in - k);
+    const float* w = wp + k * out;
+    int64_t j = begin;
+    if (count == K) {
+      for (; j + cpu::kLanes <= end; j += cpu::kLanes) {
+        cpu::vfloat a[R];
+        for (int r = 0; r < R; ++r) a[r] = cpu::load_lanes(yp + r * out + j);
+        for (int64_t i = 0; i < K; ++i) {
+          const cpu::vfloat wv = cpu::load_lanes(w + i * out + j);
+          for (int r = 0; r < R; ++r) a[r] = cpu::fma_lanes(wv, cpu::broadcast_lanes(xp + r * in + k + i), a[r]);
+        }
+        for (int r = 0; r < R; ++r) std::memcpy(yp + r * out + j, &a[r], sizeof a[r]);
+      }
+    }
+    for (; j < end; ++j)
+      for (int r = 0; r < R; ++r)
+        for (int64_t i = 0; i < count; ++i) yp[r * out + j] += w[i * out + j] * xp[r * in + k + i];
+  }
+}
+
+}  // namespace
+
+at::Tensor linear_float_rows(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, bool relu) {
   check_float(x, "x", 2);
   check_float(wt, "wt", 2);
-  check(x.size(0) == 1, "linear_float_row multiplies one row, not " + std::to_string(x.size(0)));
-  const int64_t in = wt.size(0), out = wt.size(1);
+  const int64_t rows = x.size(0), in = wt.size(0), out = wt.size(1);
+  check(rows >= 1, "linear_float_rows needs at least one row");
   check(x.size(1) == in, "x has " + std::to_string(x.size(1)) + " columns, the weights " + std::to_string(in) + " rows");
   check(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == out),
         "bias must hold " + std::to_string(out) + " float32 values");
-  auto y = bias.defined() ? bias.reshape({1, out}).clone() : at::zeros({1, out}, x.options());
+  auto y = bias.defined() ? bias.reshape({1, out}).repeat({rows, 1}) : at::zeros({rows, out}, x.options());
   const auto xc = x.contiguous(), wc = wt.contiguous();
   const float* xp = xc.data_ptr<float>();
   const float* wp = wc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // The weights are read row by row, K rows of `wt` per sweep over y's columns: y stays in
-  // the first-level cache and the weights stream in order. Going down the columns of `wt`
-  // instead (a dot product per output) jumps a page per step when out >= 1024 and ran at
-  // half the speed (benchmarks/linear_backends.py).
-  constexpr int64_t K = 8;
-  auto columns = [&](int64_t begin, int64_t end) {
-    int64_t k = 0;
-    for (; k < in; k += K) {
-      const int64_t rows = std::min(K, in - k);
-      float xs[K] = {};
-      std::copy(xp + k, xp + k + rows, xs);
-      const float* w = wp + k * out;
-      int64_t j = begin;
-      if (rows == K) {
-        cpu::vfloat xv[K];
-        for (int64_t i = 0; i < K; ++i) xv[i] = cpu::vfloat{} + xs[i];
-        for (; j + cpu::kLanes <= end; j += cpu::kLanes) {
-          cpu::vfloat a = cpu::load_lanes(yp + j);
-          for (int64_t i = 0; i < K; ++i) a = cpu::fma_lanes(cpu::load_lanes(w + i * out + j), xv[i], a);
-          std::memcpy(yp + j, &a, sizeof a);
-        }
-      }
-      for (; j < end; ++j)
-        for (int64_t i = 0; i < rows; ++i) yp[j] += w[i * out + j] * xs[i];
-    }
-    if (relu)
-      for (int64_t j = begin; j < end; ++j) yp[j] = std::max(yp[j], 0.f);
-  };
-  // Columns in blocks of a cache line, split across the threads when there is enough to split.
+  using Columns = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t);
+  static constexpr Columns kColumns[kFloatRowsAtOnce] = {float_rows_columns<1>, float_rows_columns<2>,
+                                                         float_rows_columns<3>, float_rows_columns<4>,
+                                                         float_rows_columns<5>, float_rows_columns<6>,
+                                                         float_rows_columns<7>, float_rows_columns<8>};
+  static_assert(kFloatRowsAtOnce == 8, "one instance per row count");
+  // Columns in blocks of a cache line, split across the threads when there is enough to split;
+  // each thread takes its columns through the rows 8 at a time, as linear_bf16_rows.
   constexpr int64_t kBlock = 64 / sizeof(float);
   const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
-  auto block_range = [&](int64_t b0, int64_t b1) { columns(b0 * kBlock, std::min(out, b1 * kBlock)); };
-  if (threads > 1 && in * out >= (int64_t{1} << 16))
+  auto block_range = [&](int64_t b0, int64_t b1) {
+    const int64_t begin = b0 * kBlock, end = std::min(out, b1 * kBlock);
+    for (int64_t r0 = 0; r0 < rows; r0 += kFloatRowsAtOnce) {
+      const int64_t n = std::min(kFloatRowsAtOnce, rows - r0);
+      kColumns[n - 1](xp + r0 * in, in, wp, out, yp + r0 * out, begin, end);
+    }
+    if (relu)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = begin; j < end; ++j) yp[r * out + j] = std::max(yp[r * out + j], 0.f);
+  };
+  if (threads > 1 && rows * in * out >= (int64_t{1} << 16))
     at::parallel_for(0, blocks, (blocks + threads - 1) / threads, block_range);
   else
     block_range(0, blocks);
@@ -323,7 +346,7 @@ inline void bf16_pair_lanes(const uint16_t* w, cpu::vfloat& even, cpu::vfloat& o
 template <int R>
 void bf16_rows_columns(const float* xs, int64_t half, const uint16_t* wp, int64_t out, float* yp, int64_t begin,
                        int64_t end) {
-  constexpr int64_t K = 4;  // pairs of weight rows per sweep over y, as linear_float_row
+  constexpr int64_t K = 4;  // pairs of weight rows per sweep over y, as linear_float_rows
   for (int64_t p = 0; p < half; p += K) {
     const int64_t count = std::min(K, half - p);
     int64_t j = begin;
@@ -425,10 +448,10 @@ at::Tensor linear_bf16_rows_op(const at::Tensor& x, const at::Tensor& weight, co
   return linear_bf16_rows(x, pairs, bias.value_or(at::Tensor()), relu);
 }
 
-// The engine's float32 product of one row, for tests and benchmarks.
-at::Tensor linear_float_row_op(const at::Tensor& x, const at::Tensor& weight_t, const std::optional<at::Tensor>& bias,
+// The engine's float32 product of a few rows, for tests and benchmarks.
+at::Tensor linear_float_rows_op(const at::Tensor& x, const at::Tensor& weight_t, const std::optional<at::Tensor>& bias,
                                bool relu) {
-  return linear_float_row(x, weight_t, bias.value_or(at::Tensor()), relu);
+  return linear_float_rows(x, weight_t, bias.value_or(at::Tensor()), relu);
 }
 
 // The engine's oneDNN product, packing the weight at every call: for tests.
@@ -461,7 +484,7 @@ at::Tensor linear_int8_rows_op(const at::Tensor& x, const at::Tensor& weight, co
 TORCH_LIBRARY_IMPL(seq2seq, CPU, m) {
   m.impl("linear_onednn", &seq2seq::linear_onednn_op);
   m.impl("linear_int8_rows", &seq2seq::linear_int8_rows_op);
-  m.impl("linear_float_row", &seq2seq::linear_float_row_op);
+  m.impl("linear_float_rows", &seq2seq::linear_float_rows_op);
   m.impl("linear_bf16_rows", &seq2seq::linear_bf16_rows_op);
   m.impl("pack_bf16_pairs", &seq2seq::pack_bf16_pairs);
 }

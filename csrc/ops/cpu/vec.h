@@ -52,7 +52,7 @@ constexpr int64_t kLanes = SEQ2SEQ_VECTOR_BYTES / sizeof(float);
 
 // a * b + c rounded once where the CPU has FMA. The builds turn GCC's own fusing off
 // (-ffp-contract=off) so that the other kernels round alike on every build; the one-row
-// product asks for it here, where it is the arithmetic (linear_float_row).
+// product asks for it here, where it is the arithmetic (linear_float_rows).
 inline vfloat fma_lanes(vfloat a, vfloat b, vfloat c) {
 #if defined(__AVX512F__)
   return _mm512_fmadd_ps(a, b, c);
