@@ -59,15 +59,14 @@ MultiHeadAttention::MultiHeadAttention(WeightReader& w, const std::string& prefi
   out_ = Dense(wo, bo, type);
 }
 
-at::Tensor MultiHeadAttention::sequence(const at::Tensor& x, const at::Tensor& mask) const {
-  const int64_t N = x.size(0), S = x.size(1), dh = d_ / heads_;
-  auto split = [&](const at::Tensor& t) { return t.view({N, S, heads_, dh}).transpose(1, 2); };
-  const auto qkv = qkv_(x.reshape({N * S, d_})).view({N, S, 3 * d_}).chunk(3, 2);
-  const auto q = split(qkv[0]), k = split(qkv[1]), v = split(qkv[2]);
-  const auto scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(dh));
-  const auto weights = at::softmax(scores.masked_fill(mask.logical_not(), -INFINITY), -1);
-  const auto out = at::matmul(weights, v).transpose(1, 2).reshape({N * S, d_});
-  return out_(out).view({N, S, d_});
+at::Tensor MultiHeadAttention::sequence(const at::Tensor& x, const at::Tensor& lengths,
+                                        const at::Tensor& sentence) const {
+  const int64_t N = x.size(0), S = x.size(1);
+  const auto qkv = qkv_(x.reshape({N * S, d_})).view({N, S, 3 * d_});
+  const auto queries = qkv.narrow(2, 0, d_).reshape({N * S, d_});
+  const auto [context, weights] = multi_head_attention(queries, qkv.narrow(2, d_, d_), qkv.narrow(2, 2 * d_, d_),
+                                                       lengths, sentence, heads_);
+  return out_(context).view({N, S, d_});
 }
 
 namespace {

@@ -46,10 +46,10 @@ class MultiHeadAttention {
   MultiHeadAttention(WeightReader& w, const std::string& prefix, int64_t d, int64_t heads, ComputeType type,
                      Role role);
 
-  // Every position of x (N, S, d) against the positions `mask` (N, 1, 1, S) keeps, in
-  // float32: one product for the queries, keys and values, the scores and sums with
-  // seq2seq/models.py's own operations.
-  at::Tensor sequence(const at::Tensor& x, const at::Tensor& mask) const;
+  // Every position of x (N, S, d) against the first lengths[n] positions of its sentence n:
+  // one product for the queries, keys and values, then the fused attention op with one query
+  // row per position (sentence (N * S) holds each row's n).
+  at::Tensor sequence(const at::Tensor& x, const at::Tensor& lengths, const at::Tensor& sentence) const;
 
   // Self-attention of decode step `step`: x (R, d); the cache keys/values (R, capacity, d)
   // gets this position (its capacity doubled when full); lengths (R) holds step + 1.

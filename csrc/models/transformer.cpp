@@ -101,10 +101,10 @@ State TransformerModel::encode(const std::vector<std::vector<int64_t>>& sources)
     ids[n * S + sources[n].size()] = kEos;
     len[n] = static_cast<int64_t>(sources[n].size()) + 1;
   }
-  const auto mask = src.ne(kPad).view({N, 1, 1, S});
+  const auto sentence = at::arange(N, at::kLong).repeat_interleave(S);  // of each position's row
   auto x = src_embed_(src, 0);
   for (const auto& layer : enc_) {
-    x = residual(x, layer.norm1, [&](const at::Tensor& y) { return layer.attn.sequence(y, mask); });
+    x = residual(x, layer.norm1, [&](const at::Tensor& y) { return layer.attn.sequence(y, lengths, sentence); });
     x = residual(x, layer.norm2, layer.ff);
   }
   const auto memory = cfg_.pre_norm ? enc_norm_(x) : x;
