@@ -1,6 +1,6 @@
 """MKL's sgemm against oneDNN with prepacked weights, the two ways the engine multiplies a
 batch of rows by a float32 matrix (csrc/layers/dense.cpp: Dense::float32), and for one row
-the engine's own kernel (linear_float_row), on --threads threads (one by default).
+the engine's own kernel (linear_float_rows), on --threads threads (one by default).
 
     python benchmarks/linear_backends.py --shapes 4000x640,768x640,768x256,128x256 --rows 1,2,5,32,160
 

@@ -26,16 +26,27 @@ SUPPORTED_FAMILIES = ("rnn", "attention", "transformer")
 
 
 def decoder_step_matrix(name: str, tensor) -> bool:
-    """Whether a state_dict tensor is a matrix the decoder multiplies by at every step: the
-    ones the compute types int8 and bfloat16 convert (csrc/layers/dense.h). Embedding tables
-    are lookups; the encoder, the source-side key projections (RNN attention and the
-    Transformer's cross-attention keys/values) run once per sentence. The copy gate has one
-    output, which weighs every token of the step: it stays float32."""
+    """Whether a state_dict tensor is a matrix the decoder multiplies by at every step (what a
+    greedy step of one sentence reads from memory). Embedding tables are lookups; the
+    encoder, the source-side key projections (RNN attention and the Transformer's
+    cross-attention keys/values) run once per sentence. The copy gate has one output, which
+    weighs every token of the step."""
     if tensor.dim() != 2 or "embed" in name or name == "pos.weight" or name.startswith("copy_gate."):
         return False
     if name.startswith(("encoder.", "enc.")) or "key_proj" in name:
         return False
     return not (".cross_attn.k_proj" in name or ".cross_attn.v_proj" in name)
+
+
+def converted_matrix(family: str, name: str, tensor) -> bool:
+    """Whether the compute types int8 and bfloat16 convert a state_dict tensor
+    (csrc/layers/dense.h): the decoder's step matrices, and in the Transformer also its
+    encoder's and the cross-attention keys/values (the RNN encoders stay float32). The copy
+    gate stays float32."""
+    if family == "transformer" and tensor.dim() == 2 and (
+            name.startswith("enc.") or ".cross_attn.k_proj" in name or ".cross_attn.v_proj" in name):
+        return True
+    return decoder_step_matrix(name, tensor)
 
 
 def extension():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from seq2seq.config import DecodingOptions
 from seq2seq.data import BOS, EOS, PAD
-from seq2seq.engine import Engine, decoder_step_matrix, extension
+from seq2seq.engine import Engine, converted_matrix, extension
 from seq2seq.export import ExportError
 from seq2seq.translate import Translator
 from tests.exports import int8_agreement, random_export
@@ -623,7 +623,7 @@ def rounded_weights_reference(folder, compute_type):
         model.out.weight = torch.nn.Parameter(model.out.weight.detach().clone())
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if not decoder_step_matrix(name, p):
+            if not converted_matrix(model.cfg.family, name, p):
                 continue
             if compute_type == "int8":
                 scale = p.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
