@@ -206,6 +206,19 @@ at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const a
 
 namespace {
 
+// fn(begin, end) over the output columns of a product, in blocks of a cache line, split
+// across the threads when the product (rows x in x out) is large enough to pay for the split.
+template <typename F>
+void split_output_columns(int64_t out, int64_t work, const F& fn) {
+  constexpr int64_t kBlock = 64 / sizeof(float);
+  const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
+  auto block_range = [&](int64_t b0, int64_t b1) { fn(b0 * kBlock, std::min(out, b1 * kBlock)); };
+  if (threads > 1 && work >= (int64_t{1} << 16))
+    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, block_range);
+  else
+    block_range(0, blocks);
+}
+
 // R rows of x times wt (in, out), columns [begin, end) of y (which holds the bias or zeros):
 // the weights are read row by row, K rows of `wt` per sweep over y's columns, so y stays in
 // the first-level cache and the weights stream in order, each weight register loaded once
@@ -279,12 +292,8 @@ at::Tensor linear_float_rows(const at::Tensor& x, const at::Tensor& wt, const at
                                                          float_rows_columns<5>, float_rows_columns<6>,
                                                          float_rows_columns<7>, float_rows_columns<8>};
   static_assert(kFloatRowsAtOnce == 8, "one instance per row count");
-  // Columns in blocks of a cache line, split across the threads when there is enough to split;
-  // each thread takes its columns through the rows 8 at a time, as linear_bf16_rows.
-  constexpr int64_t kBlock = 64 / sizeof(float);
-  const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
-  auto block_range = [&](int64_t b0, int64_t b1) {
-    const int64_t begin = b0 * kBlock, end = std::min(out, b1 * kBlock);
+  // Each thread takes its columns through the rows 8 at a time, as linear_bf16_rows.
+  split_output_columns(out, rows * in * out, [&](int64_t begin, int64_t end) {
     for (int64_t r0 = 0; r0 < rows; r0 += kFloatRowsAtOnce) {
       const int64_t n = std::min(kFloatRowsAtOnce, rows - r0);
       kColumns[n - 1](xp + r0 * in, in, wp, out, yp + r0 * out, begin, end);
@@ -292,11 +301,7 @@ at::Tensor linear_float_rows(const at::Tensor& x, const at::Tensor& wt, const at
     if (relu)
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t j = begin; j < end; ++j) yp[r * out + j] = std::max(yp[r * out + j], 0.f);
-  };
-  if (threads > 1 && rows * in * out >= (int64_t{1} << 16))
-    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, block_range);
-  else
-    block_range(0, blocks);
+  });
   return y;
 }
 
@@ -440,23 +445,15 @@ at::Tensor linear_bf16_rows(const at::Tensor& x, const at::Tensor& pairs, const 
                                                      bf16_rows_columns<4>, bf16_rows_columns<5>, bf16_rows_columns<6>,
                                                      bf16_rows_columns<7>, bf16_rows_columns<8>};
   static_assert(kBf16RowsAtOnce == 8, "one instance per row count");
-  // Columns in blocks of a cache line, split across the threads when there is enough to split.
   // Each thread takes its columns through the rows 8 at a time: its part of the weights is
   // read from memory for the first 8 rows and from its cache for the next.
-  constexpr int64_t kBlock = 64 / sizeof(float);
-  const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
-  auto block_range = [&](int64_t b0, int64_t b1) {
-    const int64_t begin = b0 * kBlock, end = std::min(out, b1 * kBlock);
+  split_output_columns(out, rows * in * out, [&](int64_t begin, int64_t end) {
     for (int64_t r0 = 0; r0 < rows; r0 += kBf16RowsAtOnce) {
       const int64_t n = std::min(kBf16RowsAtOnce, rows - r0);
       kColumns[n - 1](xs.data() + r0 * 2 * half, half, wp, out, yp + r0 * out, begin, end);
     }
     for (int64_t r = 0; r < rows; ++r) bf16_round_add_bias(yp + r * out, bp, relu, begin, end);
-  };
-  if (threads > 1 && rows * in * out >= (int64_t{1} << 16))
-    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, block_range);
-  else
-    block_range(0, blocks);
+  });
   return y;
 }
 

@@ -153,10 +153,11 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
+// The messages are built only on failure: the ops check their inputs at every decode step.
 inline void check_float(const at::Tensor& t, const char* name, int64_t dim) {
-  check(t.scalar_type() == at::kFloat, std::string(name) + " must be float32");
-  check(t.dim() == dim, std::string(name) + " must have " + std::to_string(dim) + " dimensions");
-  check(t.device().is_cpu(), std::string(name) + " must be on the CPU");
+  if (t.scalar_type() != at::kFloat) check(false, std::string(name) + " must be float32");
+  if (t.dim() != dim) check(false, std::string(name) + " must have " + std::to_string(dim) + " dimensions");
+  if (!t.device().is_cpu()) check(false, std::string(name) + " must be on the CPU");
 }
 
 }  // namespace cpu
