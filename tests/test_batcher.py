@@ -208,7 +208,9 @@ def test_a_worker_waits_for_the_callers_it_has_just_answered():
     release = {0: threading.Event(), 10: threading.Event()}
     sizes = []
 
-    batcher = _C.Batcher(held(release, sizes), max_batch=64, max_delay=5, workers=2)
+    # A long max_delay: the worker stops waiting as soon as its callers are back, and 5 ms
+    # was shorter than this thread takes to submit them again on a loaded machine.
+    batcher = _C.Batcher(held(release, sizes), max_batch=64, max_delay=1000, workers=2)
     first = batcher.submit([[0], [1], [2]], options())  # one worker runs these until released
     taken(batcher)
     batcher.submit([[10], [11], [12]], options())  # the other worker, its fair share at once
