@@ -206,11 +206,17 @@ def test_a_worker_takes_no_more_than_its_fair_share_while_another_runs():
 def test_a_worker_waits_for_the_callers_it_has_just_answered():
     # Else the clients of two workers split into three groups that take turns, one always waiting.
     release = {0: threading.Event(), 10: threading.Event()}
-    sizes = []
+    size_led_by = {}  # batch size by its first sentence: the workers' Python calls may run in any order
+
+    def translate(ids, opts, abandoned):
+        size_led_by[ids[0][0]] = len(ids)
+        if ids[0][0] in release:
+            release[ids[0][0]].wait(10)
+        return answers(ids)
 
     # A long max_delay: the worker stops waiting as soon as its callers are back, and 5 ms
     # was shorter than this thread takes to submit them again on a loaded machine.
-    batcher = _C.Batcher(held(release, sizes), max_batch=64, max_delay=1000, workers=2)
+    batcher = _C.Batcher(translate, max_batch=64, max_delay=1000, workers=2)
     first = batcher.submit([[0], [1], [2]], options())  # one worker runs these until released
     taken(batcher)
     batcher.submit([[10], [11], [12]], options())  # the other worker, its fair share at once
@@ -224,7 +230,8 @@ def test_a_worker_waits_for_the_callers_it_has_just_answered():
         job.result(5)
     release[10].set()
     batcher.close()
-    assert sizes[:3] == [3, 3, 5]  # (6 queued + 3 running) / 2 workers, rounded up
+    # The batch after the first: (6 queued + 3 running) / 2 workers, rounded up.
+    assert (size_led_by[0], size_led_by[10], size_led_by[20]) == (3, 3, 5)
 
 
 def test_a_lone_caller_never_waits_for_company():
