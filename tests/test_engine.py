@@ -281,14 +281,14 @@ def assert_same_bits_on_one_and_two_threads(product):
 
 
 @pytest.mark.parametrize("inputs,outputs,rows", [(256, 4000, 1), (1024, 256, 1), (17, 33, 1), (7, 13, 3),
-                                                 (256, 1024, 5), (256, 768, 13), (31, 40, 17)])
+                                                 (256, 1024, 5), (65, 130, 7), (256, 768, 13), (31, 40, 17),
+                                                 (40, 70, 25)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_float_rows_product_matches_the_double_product(inputs, outputs, rows, bias):
     gen = torch.Generator().manual_seed(inputs * outputs)
     x, w = torch.randn(rows, inputs, generator=gen), torch.randn(outputs, inputs, generator=gen)
     b = torch.randn(outputs, generator=gen) if bias else None
     exact = F.linear(x.double(), w.double(), None if b is None else b.double())
-    w = w.t().contiguous()  # (in, out), as the engine keeps it
     got = torch.ops.seq2seq.linear_float_rows(x, w, b)
     assert got.shape == (rows, outputs) and got.dtype == torch.float32
     # Each row's numbers do not depend on the rows beside it.
@@ -301,17 +301,18 @@ def test_float_rows_product_matches_the_double_product(inputs, outputs, rows, bi
 
 
 def test_float_rows_errors_are_clear():
-    x, w = torch.randn(1, 8), torch.randn(8, 3)
+    x, w = torch.randn(1, 8), torch.randn(3, 8)
     with pytest.raises((ValueError, RuntimeError), match="at least one row"):
         torch.ops.seq2seq.linear_float_rows(torch.randn(0, 8), w, None)
-    with pytest.raises((ValueError, RuntimeError), match="x has 8 columns, the weights 9 rows"):
-        torch.ops.seq2seq.linear_float_rows(x, torch.randn(9, 3), None)
+    with pytest.raises((ValueError, RuntimeError), match="x has 8 columns, the weights 9 inputs"):
+        torch.ops.seq2seq.linear_float_rows(x, torch.randn(3, 9), None)
     with pytest.raises((ValueError, RuntimeError), match="bias must hold 3 float32 values"):
         torch.ops.seq2seq.linear_float_rows(x, w, torch.randn(4))
 
 
 @pytest.mark.parametrize("inputs,outputs,rows", [(256, 4000, 1), (1024, 256, 5), (17, 33, 8), (7, 13, 3),
-                                                 (256, 1024, 1), (256, 768, 8), (256, 768, 13), (31, 40, 17)])
+                                                 (256, 1024, 1), (256, 768, 8), (256, 768, 13), (31, 40, 17),
+                                                 (33, 130, 17), (40, 70, 25)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_bf16_rows_product_matches_the_double_product_of_the_rounded_numbers(inputs, outputs, rows, bias):
     gen = torch.Generator().manual_seed(inputs + outputs)
@@ -325,12 +326,10 @@ def test_bf16_rows_product_matches_the_double_product_of_the_rounded_numbers(inp
     torch.testing.assert_close(plain.double(), exact, rtol=2 ** -8, atol=1e-5 * inputs ** 0.5)
     if not bias:  # the sums rounded to bfloat16 before the bias
         assert torch.equal(got.bfloat16().float(), got)
-    # The weights paired once (as the engine keeps them) give the same bits; so do 1 and 2 threads.
-    pairs = torch.ops.seq2seq.pack_bf16_pairs(w)
-    assert pairs.shape == ((inputs + 1) // 2, outputs, 2) and pairs.dtype == torch.bfloat16
-    assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, pairs, b), got)
-    assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, pairs, b, relu=True), got.relu())
-    assert_same_bits_on_one_and_two_threads(lambda: torch.ops.seq2seq.linear_bf16_rows(x, pairs, b))
+    # Each row's numbers do not depend on the rows beside it; 1 and 2 threads give the same bits.
+    assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x[-1:], w, b), got[-1:])
+    assert torch.equal(torch.ops.seq2seq.linear_bf16_rows(x, w, b, relu=True), got.relu())
+    assert_same_bits_on_one_and_two_threads(lambda: torch.ops.seq2seq.linear_bf16_rows(x, w, b))
 
 
 def test_bf16_rows_product_gives_the_batched_products_numbers():
@@ -353,11 +352,11 @@ def test_bf16_rows_errors_are_clear():
     x, w = torch.randn(1, 8), torch.randn(3, 8)
     with pytest.raises((ValueError, RuntimeError), match="at least one row"):
         torch.ops.seq2seq.linear_bf16_rows(torch.randn(0, 8), w, None)
-    with pytest.raises((ValueError, RuntimeError), match="x has 8 columns, the weights 10 input rows"):
+    with pytest.raises((ValueError, RuntimeError), match="x has 8 columns, the weights 9 inputs"):
         torch.ops.seq2seq.linear_bf16_rows(x, torch.randn(3, 9), None)
     with pytest.raises((ValueError, RuntimeError), match="bias must hold 3 float32 values"):
         torch.ops.seq2seq.linear_bf16_rows(x, w, torch.randn(4))
-    with pytest.raises((ValueError, RuntimeError), match="pack_bf16_pairs"):
+    with pytest.raises((ValueError, RuntimeError), match="weight must be float32"):
         torch.ops.seq2seq.linear_bf16_rows(x, w.bfloat16(), None)
 
 

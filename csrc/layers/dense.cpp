@@ -56,9 +56,10 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
         }
       }
       bf16_onednn_ = bf16_.defined();
-      if (bf16_rows_native()) bf16_pairs_ = pack_bf16_pairs(weight);
+      if (bf16_rows_native()) bf16_panels_ = pack_bf16_panels(weight);
       if (!bf16_onednn_) {
         wt_ = weight.to(at::kBFloat16).to(at::kFloat).t().contiguous();
+        if (!bf16_panels_.defined()) panels_ = pack_float_panels(wt_.t());
         if (!mkl_is_fastest_here()) onednn_ = pack_onednn(wt_.t());
       }
       break;
@@ -67,6 +68,7 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
       // of nn.Linear makes it copy the whole matrix into its own layout at every call (up to
       // 40% of a batched decoding step). A lone row takes the same matrix-vector path either way.
       wt_ = weight.t().contiguous();
+      panels_ = pack_float_panels(weight);
       if (!mkl_is_fastest_here()) onednn_ = pack_onednn(weight);
   }
 }
@@ -82,7 +84,7 @@ at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
       // A few rows (a step of one sentence or its beam, a short source): our own kernel, the
       // same numbers without oneDNN's 30-60 us a call, more than most of these products take
       // (docs/bench.md).
-      if (bf16_pairs_.defined() && x.size(0) <= kBf16OwnRows) return linear_bf16_rows(x, bf16_pairs_, bias_, relu);
+      if (bf16_panels_.defined() && x.size(0) <= kBf16OwnRows) return linear_bf16_rows(x, bf16_panels_, bias_, relu);
       // bfloat16 inputs and outputs, float32 sums; the bias added in float32.
       const auto xb = x.to(at::kBFloat16);
       y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()).to(at::kFloat)
@@ -104,7 +106,8 @@ at::Tensor Dense::float32(const at::Tensor& x, const at::Tensor& bias, bool relu
   // matrix-vector product at greedy batch 1 on the Tatoeba Transformer (docs/bench.md). On
   // Intel's CPUs up to 16 rows too (the encoder of a short source: 47-64 us a product against
   // MKL's 60-73, which copies the weights first); elsewhere that is not measured.
-  if (rows == 1 || (rows <= kFloatOwnRows && mkl_is_fastest_here())) return linear_float_rows(x, wt_, bias, relu);
+  if (panels_.defined() && (rows == 1 || (rows <= kFloatOwnRows && mkl_is_fastest_here())))
+    return linear_float_rows(x, panels_, bias, relu);
   if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19))
     return linear_onednn(x, onednn_, bias, relu);
   // MKL multiplies a few rows on one thread, so a decoding step of one sentence read its

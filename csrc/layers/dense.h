@@ -43,7 +43,8 @@ class Dense {
   at::Tensor wt_, bias_, onednn_;  // float32 (and bfloat16 without oneDNN's bf16): (in, out) for MKL,
                                    // and oneDNN's packed layout
   at::Tensor bf16_;                // bfloat16: oneDNN's packed bf16 layout, where the CPU has it
-  at::Tensor bf16_pairs_;          // bfloat16: the same weights for a few rows (AVX-512 BF16 CPUs)
+  Panels panels_;                  // float32 (and bfloat16 without its own kernel): for a few rows
+  Panels bf16_panels_;             // bfloat16: the same weights for a few rows (AVX2 CPUs and up)
   bool bf16_onednn_ = false;
   c10::IValue int8_;               // int8: FBGEMM's packed per-channel weights, for batches
   Int8Rows int8_rows_;             // int8: the same weights unpacked, for a few rows (AVX2)

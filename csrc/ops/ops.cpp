@@ -19,14 +19,11 @@ TORCH_LIBRARY(seq2seq, m) {
   // The engine's int8 product of a few rows, for tests and benchmarks: float32 weights are
   // quantized per output channel at the call, int8 weights come with their scales.
   m.def("linear_int8_rows(Tensor x, Tensor weight, Tensor? scale, Tensor? bias) -> Tensor");
-  // The engine's float32 product of a few rows, for tests and benchmarks: weight_t (in, out) is
-  // nn.Linear's weight transposed, the layout Dense keeps.
-  m.def("linear_float_rows(Tensor x, Tensor weight_t, Tensor? bias, bool relu=False) -> Tensor");
-  // The engine's bfloat16 product of a few rows, for tests and benchmarks: weight is float32
-  // (out, in), rounded to bfloat16 and paired at the call, or bfloat16 (in / 2, out, 2) paired
-  // already by pack_bf16_pairs.
+  // The engine's float32 and bfloat16 products of a few rows, for tests and benchmarks: weight
+  // is float32 (out, in) as nn.Linear's, packed into the kernel's panels (and rounded to
+  // bfloat16) at the call, where the engine packs it once.
+  m.def("linear_float_rows(Tensor x, Tensor weight, Tensor? bias, bool relu=False) -> Tensor");
   m.def("linear_bf16_rows(Tensor x, Tensor weight, Tensor? bias, bool relu=False) -> Tensor");
-  m.def("pack_bf16_pairs(Tensor weight) -> Tensor");
 }
 
 namespace seq2seq {

@@ -83,18 +83,25 @@ Int8Rows quantize_int8_rows(const at::Tensor& weight);
 // sentence spends in most of its products; it stays for batches (linear_int8).
 at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const at::Tensor& bias);
 
-// The rows linear_float_rows multiplies at once, each weight loaded once for all of them.
-constexpr int64_t kFloatRowsAtOnce = 8;
+// The weights of the products of a few rows, packed once when a layer is built: `in` x `out`
+// weights in panels of consecutive output columns (ops/cpu/linear.cpp says why).
+struct Panels {
+  at::Tensor data;
+  int64_t in = 0, out = 0;
+  bool defined() const { return data.defined(); }
+};
 
-// x (rows, in) @ wt (in, out) + bias, then max(0, .) with relu: the float32 product of a few
-// rows (a decoding step of one sentence or its beam), kFloatRowsAtOnce at a time. MKL's
-// matrix-vector kernel takes its generic path on AMD CPUs (this one ran 1.7-2x faster on the
-// products that fit the caches), and its product of a few rows copies the weights first.
-at::Tensor linear_float_rows(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, bool relu = false);
+// float32 weights (out, in), nn.Linear's layout, as panels for linear_float_rows.
+Panels pack_float_panels(const at::Tensor& weight);
 
-// float32 weights (out, in) rounded to bfloat16 and laid out for linear_bf16_rows: (in / 2
-// rounded up, out, 2), input rows k and k + 1 side by side per output.
-at::Tensor pack_bf16_pairs(const at::Tensor& weight);
+// x (rows, in) @ weight.T + bias, then max(0, .) with relu: the float32 product of a few rows
+// (a decoding step of one sentence or its beam, a short source). MKL's matrix-vector kernel
+// takes its generic path on AMD CPUs, and its product of a few rows copies the weights first.
+at::Tensor linear_float_rows(const at::Tensor& x, const Panels& weight, const at::Tensor& bias, bool relu = false);
+
+// float32 weights (out, in) rounded to bfloat16, as panels for linear_bf16_rows: input rows
+// k and k + 1 side by side per output.
+Panels pack_bf16_panels(const at::Tensor& weight);
 
 // Whether linear_bf16_rows runs a register of 8 or more floats at a time here (AVX2 or
 // AVX-512 builds); elsewhere it is correct but slower than a float32 product.
@@ -104,14 +111,11 @@ bool bf16_rows_native();
 // so that Dense sends them to MKL and packs no oneDNN copy of the weights.
 bool mkl_is_fastest_here();
 
-// The rows linear_bf16_rows multiplies at once, each weight loaded once for all of them.
-constexpr int64_t kBf16RowsAtOnce = 8;
-
 // x (rows, in) @ weight.T + bias with x and the weights in bfloat16, float32 sums rounded to
 // bfloat16, the bias added in float32, then max(0, .) with relu: the numbers of the batched
 // bfloat16 product (oneDNN's), for the few rows of a decoding step of one sentence or its
-// beam, or of one short source: kBf16RowsAtOnce at a time. oneDNN's bf16 product costs
+// beam, or of one short source. oneDNN's bf16 product costs
 // 30-60 us a call whatever its size, more than reading the weights of most layers.
-at::Tensor linear_bf16_rows(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& bias, bool relu = false);
+at::Tensor linear_bf16_rows(const at::Tensor& x, const Panels& weight, const at::Tensor& bias, bool relu = false);
 
 }  // namespace seq2seq

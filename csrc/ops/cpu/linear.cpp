@@ -17,7 +17,9 @@
 
 #include <cpuid.h>
 
+#include <array>
 #include <cstring>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -206,113 +208,136 @@ at::Tensor linear_int8_rows(const at::Tensor& x, const Int8Rows& weight, const a
 
 namespace {
 
-// fn(begin, end) over the output columns of a product, in blocks of a cache line, split
-// across the threads when the product (rows x in x out) is large enough to pay for the split.
-template <typename F>
-void split_output_columns(int64_t out, int64_t work, const F& fn) {
-  constexpr int64_t kBlock = 64 / sizeof(float);
-  const int64_t blocks = (out + kBlock - 1) / kBlock, threads = at::get_num_threads();
-  auto block_range = [&](int64_t b0, int64_t b1) { fn(b0 * kBlock, std::min(out, b1 * kBlock)); };
-  if (threads > 1 && work >= (int64_t{1} << 16))
-    at::parallel_for(0, blocks, (blocks + threads - 1) / threads, block_range);
-  else
-    block_range(0, blocks);
+// The products of a few rows (float32 and bfloat16) keep their weights in panels: (in, out)
+// cut into groups of kPanelWidth output columns, each group's (in, kPanelWidth) block
+// contiguous, the last one padded with zero columns. A thread streams its groups from memory
+// in order, and sums a group's columns in registers from the first input to the last: no
+// partial sums go through memory, and a weight register serves every row at once. The
+// earlier layout, (in, out) swept 8 inputs at a time with the sums in memory, ran beam 5 of
+// one sentence at 0.77-0.85x the speed of this one (docs/bench.md).
+constexpr int64_t kPanelVectors = 4;
+constexpr int64_t kPanelWidth = kPanelVectors * cpu::kLanes;
+
+// The rows a group takes at once, and of how many registers of columns: R * P accumulators
+// in registers (24 of AVX-512's 32, 12 of AVX2's 16), fewer for bfloat16, whose weights take
+// two registers each once unpacked.
+constexpr int64_t panel_vectors(int64_t rows, int64_t budget) {
+  return rows * 4 <= budget ? 4 : (rows * 2 <= budget ? 2 : 1);
 }
 
-// R rows of x times wt (in, out), columns [begin, end) of y (which holds the bias or zeros):
-// the weights are read row by row, K rows of `wt` per sweep over y's columns, so y stays in
-// the first-level cache and the weights stream in order, each weight register loaded once
-// for all R rows. Going down the columns of `wt` instead (a dot product per output) jumps a
-// page per step when out >= 1024 and ran at half the speed (benchmarks/linear_backends.py).
+// fn(group_begin, group_end) over the column groups of a product, split across the threads
+// when the product (rows x in x out) is large enough to pay for the split. A column is summed
+// by one thread in the same order whichever: the same bits on any thread count.
+template <typename F>
+void split_groups(int64_t groups, int64_t work, const F& fn) {
+  const int64_t threads = at::get_num_threads();
+  if (threads > 1 && groups > 1 && work >= (int64_t{1} << 16))
+    at::parallel_for(0, groups, (groups + threads - 1) / threads, fn);
+  else
+    fn(0, groups);
+}
+
+// Weights (out, in) as panels of `pair` consecutive inputs side by side per column:
+// (groups, in / pair, kPanelWidth, pair), zeros where the columns or inputs run out.
+at::Tensor panels_of(const at::Tensor& weight, int64_t pair) {
+  const int64_t out = weight.size(0), in = weight.size(1), groups = (out + kPanelWidth - 1) / kPanelWidth;
+  const int64_t in_padded = (in + pair - 1) / pair * pair;
+  auto padded = at::zeros({in_padded, groups * kPanelWidth}, weight.options());
+  padded.narrow(0, 0, in).narrow(1, 0, out).copy_(weight.t());
+  return padded.view({in_padded / pair, pair, groups, kPanelWidth}).permute({2, 0, 3, 1}).contiguous();
+}
+
+// y (rows, out) from the sums of one group's columns [c0, c0 + width), vector v of the group.
+inline void store_columns(float* y, int64_t c0, int64_t width, int64_t v, cpu::vfloat sums) {
+  const int64_t j = v * cpu::kLanes, n = std::min<int64_t>(cpu::kLanes, width - j);
+  if (n > 0) std::memcpy(y + c0 + j, &sums, n * sizeof(float));
+}
+
+// R rows of x times one float32 group: the sums start from the bias and add x[k] * w[k] for
+// k = 0, 1, ... in order, one FMA each.
 template <int R>
-void float_rows_columns(const float* xp, int64_t in, const float* wp, int64_t out, float* yp, int64_t begin,
-                        int64_t end) {
-  constexpr int64_t K = 8;
-  for (int64_t k = 0; k < in; k += K) {
-    const int64_t count = std::min(K, in - k);
-    const float* w = wp + k * out;
-    int64_t j = begin;
-    if (count == K && R * K <= 16) {
-      // x's values in registers for the whole sweep: y's stores could alias x, so the
-      // compiler would otherwise load them again for every register of outputs.
-      cpu::vfloat xv[R][K];
-      for (int r = 0; r < R; ++r)
-        for (int64_t i = 0; i < K; ++i) xv[r][i] = cpu::broadcast_lanes(xp + r * in + k + i);
-      for (; j + cpu::kLanes <= end; j += cpu::kLanes) {
-        cpu::vfloat a[R];
-        for (int r = 0; r < R; ++r) a[r] = cpu::load_lanes(yp + r * out + j);
-        for (int64_t i = 0; i < K; ++i) {
-          const cpu::vfloat wv = cpu::load_lanes(w + i * out + j);
-          for (int r = 0; r < R; ++r) a[r] = cpu::fma_lanes(wv, xv[r][i], a[r]);
-        }
-        for (int r = 0; r < R; ++r) std::memcpy(yp + r * out + j, &a[r], sizeof a[r]);
-      }
-    } else if (count == K) {
-      for (; j + cpu::kLanes <= end; j += cpu::kLanes) {
-        cpu::vfloat a[R];
-        for (int r = 0; r < R; ++r) a[r] = cpu::load_lanes(yp + r * out + j);
-        for (int64_t i = 0; i < K; ++i) {
-          const cpu::vfloat wv = cpu::load_lanes(w + i * out + j);
-          for (int r = 0; r < R; ++r) a[r] = cpu::fma_lanes(wv, cpu::broadcast_lanes(xp + r * in + k + i), a[r]);
-        }
-        for (int r = 0; r < R; ++r) std::memcpy(yp + r * out + j, &a[r], sizeof a[r]);
+void float_group(const float* __restrict xp, int64_t in, const float* __restrict wg, const float* __restrict bias,
+                 int64_t c0, int64_t width, float* __restrict yp, int64_t out, bool relu) {
+  constexpr int64_t P = panel_vectors(R, cpu::kLanes >= 16 ? 24 : 12);
+  for (int64_t s = 0; s < kPanelVectors && s * cpu::kLanes < width; s += P) {
+    cpu::vfloat acc[R][P];
+    for (int64_t p = 0; p < P; ++p) {
+      const cpu::vfloat b = bias ? cpu::load_lanes(bias + (s + p) * cpu::kLanes) : cpu::vfloat{};
+      for (int r = 0; r < R; ++r) acc[r][p] = b;
+    }
+    const float* w = wg + s * cpu::kLanes;
+    for (int64_t k = 0; k < in; ++k, w += kPanelWidth) {
+      cpu::vfloat wv[P];
+      for (int64_t p = 0; p < P; ++p) wv[p] = cpu::load_lanes(w + p * cpu::kLanes);
+      for (int r = 0; r < R; ++r) {
+        const cpu::vfloat xb = cpu::broadcast_lanes(xp + r * in + k);
+        for (int64_t p = 0; p < P; ++p) acc[r][p] = cpu::fma_lanes(wv[p], xb, acc[r][p]);
       }
     }
-    for (; j < end; ++j)
-      for (int r = 0; r < R; ++r)
-        for (int64_t i = 0; i < count; ++i) yp[r * out + j] += w[i * out + j] * xp[r * in + k + i];
+    for (int r = 0; r < R; ++r)
+      for (int64_t p = 0; p < P; ++p)
+        store_columns(yp + r * out, c0, width, s + p, relu ? (acc[r][p] > 0.f ? acc[r][p] : cpu::vfloat{}) : acc[r][p]);
   }
+}
+
+constexpr int64_t kFloatGroupRows = cpu::kLanes >= 16 ? 24 : 12;
+
+template <int... R>
+constexpr auto float_group_kernels(std::integer_sequence<int, R...>) {
+  using Group = void (*)(const float*, int64_t, const float*, const float*, int64_t, int64_t, float*, int64_t, bool);
+  return std::array<Group, sizeof...(R)>{float_group<R + 1>...};
+}
+
+// Checks a product's x and bias against its `in` and `out`; the messages built only on
+// failure, as these run at every decode step.
+void check_rows_product(const at::Tensor& x, const Panels& weight, const at::Tensor& bias, const char* name) {
+  check_float(x, "x", 2);
+  if (x.size(0) < 1) check(false, std::string(name) + " needs at least one row");
+  if (x.size(1) != weight.in)
+    check(false, "x has " + std::to_string(x.size(1)) + " columns, the weights " + std::to_string(weight.in) + " inputs");
+  if (bias.defined() && !(bias.scalar_type() == at::kFloat && bias.numel() == weight.out))
+    check(false, "bias must hold " + std::to_string(weight.out) + " float32 values");
 }
 
 }  // namespace
 
-at::Tensor linear_float_rows(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& bias, bool relu) {
-  check_float(x, "x", 2);
-  check_float(wt, "wt", 2);
-  const int64_t rows = x.size(0), in = wt.size(0), out = wt.size(1);
-  check(rows >= 1, "linear_float_rows needs at least one row");
-  check(x.size(1) == in, "x has " + std::to_string(x.size(1)) + " columns, the weights " + std::to_string(in) + " rows");
-  check(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == out),
-        "bias must hold " + std::to_string(out) + " float32 values");
+Panels pack_float_panels(const at::Tensor& weight) {
+  check_float(weight, "weight", 2);
+  return {panels_of(weight, 1).view({-1, weight.size(1), kPanelWidth}), weight.size(1), weight.size(0)};
+}
+
+at::Tensor linear_float_rows(const at::Tensor& x, const Panels& weight, const at::Tensor& bias, bool relu) {
+  check(weight.data.scalar_type() == at::kFloat && weight.data.dim() == 3,
+        "linear_float_rows needs the weights from pack_float_panels");
+  const at::Tensor& panels = weight.data;
+  const int64_t groups = panels.size(0), in = panels.size(1), out = weight.out, rows = x.size(0);
+  check_rows_product(x, weight, bias, "linear_float_rows");
   auto y = at::empty({rows, out}, x.options());
-  const auto xc = x.contiguous(), wc = wt.contiguous();
-  const float* xp = xc.data_ptr<float>();
-  const float* wp = wc.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  // The sums start from the bias (one ATen call less than repeating it: this op's whole cost
-  // is a few microseconds on a 256-wide layer).
+  const auto xc = x.contiguous();
   const auto bc = bias.defined() ? bias.contiguous() : bias;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (bc.defined()) std::memcpy(yp + r * out, bc.data_ptr<float>(), out * sizeof(float));
-    else std::fill(yp + r * out, yp + (r + 1) * out, 0.f);
-  }
-  using Columns = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t);
-  static constexpr Columns kColumns[kFloatRowsAtOnce] = {float_rows_columns<1>, float_rows_columns<2>,
-                                                         float_rows_columns<3>, float_rows_columns<4>,
-                                                         float_rows_columns<5>, float_rows_columns<6>,
-                                                         float_rows_columns<7>, float_rows_columns<8>};
-  static_assert(kFloatRowsAtOnce == 8, "one instance per row count");
-  // Each thread takes its columns through the rows 8 at a time, as linear_bf16_rows.
-  split_output_columns(out, rows * in * out, [&](int64_t begin, int64_t end) {
-    for (int64_t r0 = 0; r0 < rows; r0 += kFloatRowsAtOnce) {
-      const int64_t n = std::min(kFloatRowsAtOnce, rows - r0);
-      kColumns[n - 1](xp + r0 * in, in, wp, out, yp + r0 * out, begin, end);
+  const float *xp = xc.data_ptr<float>(), *wp = panels.data_ptr<float>();
+  const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  float tail_bias[kPanelWidth] = {};  // the last group's, padded with zeros
+  if (bp) std::copy(bp + (groups - 1) * kPanelWidth, bp + out, tail_bias);
+  static constexpr auto kGroup = float_group_kernels(std::make_integer_sequence<int, kFloatGroupRows>{});
+  split_groups(groups, rows * in * out, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c0 = g * kPanelWidth, width = std::min(kPanelWidth, out - c0);
+      const float* b = bp ? (width == kPanelWidth ? bp + c0 : tail_bias) : nullptr;
+      // Rows beyond the registers read the group again from the core's cache.
+      for (int64_t r0 = 0; r0 < rows; r0 += kFloatGroupRows) {
+        const int64_t n = std::min(kFloatGroupRows, rows - r0);
+        kGroup[n - 1](xp + r0 * in, in, wp + g * in * kPanelWidth, b, c0, width, yp + r0 * out, out, relu);
+      }
     }
-    if (relu)
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = begin; j < end; ++j) yp[r * out + j] = std::max(yp[r * out + j], 0.f);
   });
   return y;
 }
 
-at::Tensor pack_bf16_pairs(const at::Tensor& weight) {
+Panels pack_bf16_panels(const at::Tensor& weight) {
   check_float(weight, "weight", 2);
-  const int64_t out = weight.size(0), in = weight.size(1);
-  // (in, out) with a zero row where `in` is odd, then rows k and k + 1 side by side per column:
-  // the two bfloat16 numbers one AVX-512 BF16 dot-product lane multiplies with x[k], x[k + 1].
-  auto wt = at::zeros({in + in % 2, out}, weight.options());
-  wt.narrow(0, 0, in).copy_(weight.t());
-  return wt.view({(in + 1) / 2, 2, out}).transpose(1, 2).contiguous().to(at::kBFloat16);
+  return {panels_of(weight, 2).to(at::kBFloat16), weight.size(1), weight.size(0)};
 }
 
 bool bf16_rows_native() { return cpu::kLanes >= 8; }
@@ -348,10 +373,6 @@ inline uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
 }
 
-}  // namespace
-
-namespace {
-
 // A bfloat16 number is the top half of a float32: a pair of weights (k, k + 1) in one 32-bit
 // lane gives weight k shifted up and weight k + 1 masked, two registers of float32 weights
 // for kLanes outputs, whose products with bfloat16 inputs are exact in float32. So the sums
@@ -367,92 +388,78 @@ inline void bf16_pair_lanes(const uint16_t* w, cpu::vfloat& even, cpu::vfloat& o
   std::memcpy(&odd, &hi, sizeof odd);
 }
 
-// R rows of x (float32 values of bfloat16 numbers, 2 * half each) times the paired weights,
-// columns [begin, end) of y: each weight register is loaded once for all R rows. R is a
-// template argument so the accumulators stay in registers.
+// R rows of x (float32 values of bfloat16 numbers, 2 * half each) times one group of paired
+// weights: sums from zero over the pairs in order, rounded to bfloat16, then the bias in
+// float32 and the ReLU, what the batched product (oneDNN's bf16) gives.
 template <int R>
-void bf16_rows_columns(const float* xs, int64_t half, const uint16_t* wp, int64_t out, float* yp, int64_t begin,
-                       int64_t end) {
-  constexpr int64_t K = 4;  // pairs of weight rows per sweep over y, as linear_float_rows
-  for (int64_t p = 0; p < half; p += K) {
-    const int64_t count = std::min(K, half - p);
-    int64_t j = begin;
-    if (count == K) {
-      for (; j + cpu::kLanes <= end; j += cpu::kLanes) {
-        cpu::vfloat a[R];
-        for (int r = 0; r < R; ++r) a[r] = cpu::load_lanes(yp + r * out + j);
-        for (int64_t i = 0; i < K; ++i) {
-          cpu::vfloat even, odd;
-          bf16_pair_lanes(wp + ((p + i) * out + j) * 2, even, odd);
-          for (int r = 0; r < R; ++r) {
-            const float* x = xs + r * 2 * half + 2 * (p + i);
-            a[r] = cpu::fma_lanes(even, cpu::broadcast_lanes(x), a[r]);
-            a[r] = cpu::fma_lanes(odd, cpu::broadcast_lanes(x + 1), a[r]);
-          }
+void bf16_group(const float* __restrict xs, int64_t half, const uint16_t* __restrict wg, const float* __restrict bias,
+                int64_t c0, int64_t width, float* __restrict yp, int64_t out, bool relu) {
+  constexpr int64_t P = panel_vectors(R, cpu::kLanes >= 16 ? 16 : 8);
+  for (int64_t s = 0; s < kPanelVectors && s * cpu::kLanes < width; s += P) {
+    cpu::vfloat acc[R][P] = {};
+    const uint16_t* w = wg + s * cpu::kLanes * 2;
+    for (int64_t k = 0; k < half; ++k, w += kPanelWidth * 2) {
+      for (int64_t p = 0; p < P; ++p) {
+        cpu::vfloat even, odd;
+        bf16_pair_lanes(w + p * cpu::kLanes * 2, even, odd);
+        for (int r = 0; r < R; ++r) {
+          const float* x = xs + r * 2 * half + 2 * k;
+          // Products of two bfloat16 numbers are exact in float32: fused or not, the same sums.
+          acc[r][p] = cpu::fma_lanes(even, cpu::broadcast_lanes(x), acc[r][p]);
+          acc[r][p] = cpu::fma_lanes(odd, cpu::broadcast_lanes(x + 1), acc[r][p]);
         }
-        for (int r = 0; r < R; ++r) std::memcpy(yp + r * out + j, &a[r], sizeof a[r]);
       }
     }
-    for (; j < end; ++j)
-      for (int r = 0; r < R; ++r)
-        for (int64_t i = 0; i < count; ++i) {
-          const uint16_t* w = wp + ((p + i) * out + j) * 2;
-          const float* x = xs + r * 2 * half + 2 * (p + i);
-          // Products of two bfloat16 numbers are exact in float32: fused or not, the same sums.
-          float& y = yp[r * out + j];
-          y += bf16_to_float(w[0]) * x[0];
-          y += bf16_to_float(w[1]) * x[1];
-        }
+    for (int r = 0; r < R; ++r)
+      for (int64_t p = 0; p < P; ++p) {
+        cpu::vfloat v = acc[r][p];
+        for (int64_t i = 0; i < cpu::kLanes; ++i) v[i] = bf16_to_float(float_to_bf16(v[i]));
+        if (bias) v += cpu::load_lanes(bias + (s + p) * cpu::kLanes);
+        store_columns(yp + r * out, c0, width, s + p, relu ? (v > 0.f ? v : cpu::vfloat{}) : v);
+      }
   }
 }
 
-// The sums rounded to bfloat16, then the bias in float32 and the ReLU: what the batched
-// product (oneDNN's bf16) gives.
-void bf16_round_add_bias(float* y, const float* bias, bool relu, int64_t begin, int64_t end) {
-  for (int64_t j = begin; j < end; ++j) {
-    const float v = bf16_to_float(float_to_bf16(y[j])) + (bias ? bias[j] : 0.f);
-    y[j] = relu ? std::max(v, 0.f) : v;
-  }
+constexpr int64_t kBf16GroupRows = cpu::kLanes >= 16 ? 16 : 8;
+
+template <int... R>
+constexpr auto bf16_group_kernels(std::integer_sequence<int, R...>) {
+  using Group = void (*)(const float*, int64_t, const uint16_t*, const float*, int64_t, int64_t, float*, int64_t, bool);
+  return std::array<Group, sizeof...(R)>{bf16_group<R + 1>...};
 }
 
 }  // namespace
 
-at::Tensor linear_bf16_rows(const at::Tensor& x, const at::Tensor& pairs, const at::Tensor& bias, bool relu) {
-  check_float(x, "x", 2);
-  check(pairs.scalar_type() == at::kBFloat16 && pairs.dim() == 3 && pairs.size(2) == 2,
-        "linear_bf16_rows needs the weights from pack_bf16_pairs: bfloat16 (in / 2, out, 2)");
-  const int64_t rows = x.size(0);
-  check(rows >= 1, "linear_bf16_rows needs at least one row");
-  const int64_t half = pairs.size(0), out = pairs.size(1), in = x.size(1);
-  check((in + 1) / 2 == half, "x has " + std::to_string(in) + " columns, the weights " + std::to_string(2 * half) +
-                                  " input rows (in pairs)");
-  check(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == out),
-        "bias must hold " + std::to_string(out) + " float32 values");
+at::Tensor linear_bf16_rows(const at::Tensor& x, const Panels& weight, const at::Tensor& bias, bool relu) {
+  const at::Tensor& pairs = weight.data;
+  check(pairs.scalar_type() == at::kBFloat16 && pairs.dim() == 4 && pairs.size(3) == 2,
+        "linear_bf16_rows needs the weights from pack_bf16_panels");
+  const int64_t rows = x.size(0), groups = pairs.size(0), half = pairs.size(1), in = x.size(1), out = weight.out;
+  check_rows_product(x, weight, bias, "linear_bf16_rows");
   // x rounded to bfloat16, as the batched product rounds it; a zero after an odd last column.
   std::vector<float> xs(rows * 2 * half, 0.f);
   const auto xc = x.contiguous();
   const float* xp = xc.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < in; ++k) xs[r * 2 * half + k] = bf16_to_float(float_to_bf16(xp[r * in + k]));
-  auto y = at::zeros({rows, out}, x.options());
-  const auto wc = pairs.contiguous();
-  const auto* wp = reinterpret_cast<const uint16_t*>(wc.data_ptr<at::BFloat16>());
+  auto y = at::empty({rows, out}, x.options());
+  const auto* wp = reinterpret_cast<const uint16_t*>(pairs.data_ptr<at::BFloat16>());
   float* yp = y.data_ptr<float>();
   const auto bc = bias.defined() ? bias.contiguous() : bias;
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
-  using Columns = void (*)(const float*, int64_t, const uint16_t*, int64_t, float*, int64_t, int64_t);
-  static constexpr Columns kColumns[kBf16RowsAtOnce] = {bf16_rows_columns<1>, bf16_rows_columns<2>, bf16_rows_columns<3>,
-                                                     bf16_rows_columns<4>, bf16_rows_columns<5>, bf16_rows_columns<6>,
-                                                     bf16_rows_columns<7>, bf16_rows_columns<8>};
-  static_assert(kBf16RowsAtOnce == 8, "one instance per row count");
-  // Each thread takes its columns through the rows 8 at a time: its part of the weights is
-  // read from memory for the first 8 rows and from its cache for the next.
-  split_output_columns(out, rows * in * out, [&](int64_t begin, int64_t end) {
-    for (int64_t r0 = 0; r0 < rows; r0 += kBf16RowsAtOnce) {
-      const int64_t n = std::min(kBf16RowsAtOnce, rows - r0);
-      kColumns[n - 1](xs.data() + r0 * 2 * half, half, wp, out, yp + r0 * out, begin, end);
+  float tail_bias[kPanelWidth] = {};
+  if (bp) std::copy(bp + (groups - 1) * kPanelWidth, bp + out, tail_bias);
+  static constexpr auto kGroup = bf16_group_kernels(std::make_integer_sequence<int, kBf16GroupRows>{});
+  split_groups(groups, rows * in * out, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c0 = g * kPanelWidth, width = std::min(kPanelWidth, out - c0);
+      const float* b = bp ? (width == kPanelWidth ? bp + c0 : tail_bias) : nullptr;
+      for (int64_t r0 = 0; r0 < rows; r0 += kBf16GroupRows) {
+        const int64_t n = std::min(kBf16GroupRows, rows - r0);
+        kGroup[n - 1](xs.data() + r0 * 2 * half, half, wp + g * half * kPanelWidth * 2, b, c0, width, yp + r0 * out,
+                      out, relu);
+      }
     }
-    for (int64_t r = 0; r < rows; ++r) bf16_round_add_bias(yp + r * out, bp, relu, begin, end);
   });
   return y;
 }
@@ -463,14 +470,13 @@ namespace {
 // (out, in) are rounded and paired at the call; bfloat16 ones come paired already.
 at::Tensor linear_bf16_rows_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                               bool relu) {
-  const auto pairs = weight.scalar_type() == at::kBFloat16 ? weight : pack_bf16_pairs(weight);
-  return linear_bf16_rows(x, pairs, bias.value_or(at::Tensor()), relu);
+  return linear_bf16_rows(x, pack_bf16_panels(weight), bias.value_or(at::Tensor()), relu);
 }
 
 // The engine's float32 product of a few rows, for tests and benchmarks.
-at::Tensor linear_float_rows_op(const at::Tensor& x, const at::Tensor& weight_t, const std::optional<at::Tensor>& bias,
+at::Tensor linear_float_rows_op(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                bool relu) {
-  return linear_float_rows(x, weight_t, bias.value_or(at::Tensor()), relu);
+  return linear_float_rows(x, pack_float_panels(weight), bias.value_or(at::Tensor()), relu);
 }
 
 // The engine's oneDNN product, packing the weight at every call: for tests.
@@ -505,5 +511,4 @@ TORCH_LIBRARY_IMPL(seq2seq, CPU, m) {
   m.impl("linear_int8_rows", &seq2seq::linear_int8_rows_op);
   m.impl("linear_float_rows", &seq2seq::linear_float_rows_op);
   m.impl("linear_bf16_rows", &seq2seq::linear_bf16_rows_op);
-  m.impl("pack_bf16_pairs", &seq2seq::pack_bf16_pairs);
 }
