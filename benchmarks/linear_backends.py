@@ -1,12 +1,13 @@
 """MKL's sgemm against oneDNN with prepacked weights, the two ways the engine multiplies a
-batch of rows by a float32 matrix (csrc/layers/dense.cpp: Dense::float32), and for one row
-the engine's own kernel (linear_float_rows), on --threads threads (one by default).
+batch of rows by a float32 matrix (csrc/layers/dense.cpp: Dense::float32), on --threads
+threads (one by default). The engine's own kernel of a few rows (linear_float_rows) keeps its
+weights packed, which the op for tests repacks at every call: it is timed in the decoding
+step instead (`seq2seq bench`).
 
     python benchmarks/linear_backends.py --shapes 4000x640,768x640,768x256,128x256 --rows 1,2,5,32,160
 
 Shapes are OUTxIN (the demo model's output layer, GRU input and hidden products and
-attention query by default). Prints microseconds per call (median of --rounds) and which
-one the engine's rule picks.
+attention query by default). Prints microseconds per call (median of --rounds).
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ def main() -> int:
     print(f"torch {torch.__version__}, {args.threads} thread(s)")
     import seq2seq._C  # noqa: F401  (torch.ops.seq2seq)
 
-    print("| OUTxIN | rows | MKL addmm, us | oneDNN, us | MKL / oneDNN | one-row kernel, us | MKL / kernel "
-          "| the engine uses |\n|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| OUTxIN | rows | MKL addmm, us | oneDNN, us | MKL / oneDNN |\n|---|---:|---:|---:|---:|")
     for shape in args.shapes.split(","):
         out, inp = (int(v) for v in shape.split("x"))
         w, b = torch.randn(out, inp), torch.randn(out)
@@ -55,13 +55,7 @@ def main() -> int:
             mkl = per_call_us(lambda: torch.addmm(b, x, wt), rounds=args.rounds)
             dnnl = per_call_us(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""),
                                rounds=args.rounds)
-            own = ""
-            if rows == 1:
-                kernel = per_call_us(lambda: torch.ops.seq2seq.linear_float_rows(x, wt, b), rounds=args.rounds)
-                own = f"{kernel:.0f} | {mkl / kernel:.2f}"
-            engine = "kernel" if rows == 1 else "oneDNN" if rows * out * inp >= 1 << 19 else "MKL"
-            print(f"| {shape} | {rows} | {mkl:.0f} | {dnnl:.0f} | {mkl / dnnl:.2f} | {own or ' | '} | {engine} |",
-                  flush=True)
+            print(f"| {shape} | {rows} | {mkl:.0f} | {dnnl:.0f} | {mkl / dnnl:.2f} |", flush=True)
     return 0
 
 
