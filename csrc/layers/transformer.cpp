@@ -17,8 +17,8 @@ at::Tensor sinusoidal_positions(int64_t n, int64_t d) {
 }
 
 at::Tensor Embeddings::operator()(const at::Tensor& ids, int64_t start) const {
-  const int64_t T = ids.size(-1), d = table.size(1);
-  return at::embedding(table, ids) * std::sqrt(static_cast<double>(d)) + positions.slice(0, start, start + T);
+  const int64_t T = ids.size(-1);
+  return at::embedding(scaled, ids) + positions.slice(0, start, start + T);
 }
 
 LayerNorm::LayerNorm(WeightReader& w, const std::string& prefix, int64_t d)

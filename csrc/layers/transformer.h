@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <string>
 #include <utility>
 
@@ -16,7 +17,11 @@ namespace seq2seq {
 at::Tensor sinusoidal_positions(int64_t n, int64_t d);
 
 struct Embeddings {
-  at::Tensor table, positions;  // (vocabulary, d), (max positions, d)
+  at::Tensor scaled, positions;  // (vocabulary, d): the embeddings times sqrt(d); (max positions, d)
+  Embeddings() = default;
+  // The scaling done once: the same float32 products as at every lookup.
+  Embeddings(const at::Tensor& table, const at::Tensor& positions)
+      : scaled(table * std::sqrt(static_cast<double>(table.size(1)))), positions(positions) {}
   // table[ids] * sqrt(d) + positions[start + t], ids (N, T) -> (N, T, d).
   at::Tensor operator()(const at::Tensor& ids, int64_t start) const;
 };

@@ -38,8 +38,9 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query_in, const a
   for (int64_t n = 0; n < N; ++n) check(len[n] >= 1 && len[n] <= S, "lengths must be within 1..source length");
   for (int64_t r = 0; r < R; ++r) check(sent[r] >= 0 && sent[r] < N, "sentence ids must be within 0..sentences-1");
 
-  auto context = at::zeros({R, M}, query.options());
-  auto weights = at::zeros({R, S}, query.options());
+  // Written whole below, padding included: no zero-filling pass first.
+  auto context = at::empty({R, M}, query.options());
+  auto weights = at::empty({R, S}, query.options());
   const float *q_all = query.data_ptr<float>(), *k_all = keys.data_ptr<float>(), *m_all = memory.data_ptr<float>();
   float *c_all = context.data_ptr<float>(), *w_all = weights.data_ptr<float>();
   at::parallel_for(0, R, 8, [&](int64_t begin, int64_t end) {
@@ -66,7 +67,9 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query_in, const a
         w[s] = std::exp(w[s] - best);
         sum += w[s];
       }
+      std::fill(w + L, w + S, 0.f);
       float* c = c_all + r * M;
+      std::fill(c, c + M, 0.f);
       for (int64_t s = 0; s < L; ++s) {
         w[s] /= sum;
         const float ws = w[s];
@@ -108,8 +111,9 @@ std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query_
 
   const int64_t dh = D / heads;
   const float scale = static_cast<float>(std::sqrt(static_cast<double>(dh)));
-  auto context = at::zeros({R, D}, query.options());
-  auto weights = at::zeros({R, heads, T}, query.options());
+  // Written whole below, padding included: no zero-filling pass first.
+  auto context = at::empty({R, D}, query.options());
+  auto weights = at::empty({R, heads, T}, query.options());
   const float *q_all = query.data_ptr<float>(), *k_all = keys.data_ptr<float>(), *v_all = values.data_ptr<float>();
   float *c_all = context.data_ptr<float>(), *w_all = weights.data_ptr<float>();
   at::parallel_for(0, R * heads, 16, [&](int64_t begin, int64_t end) {
@@ -129,7 +133,9 @@ std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query_
         w[s] = std::exp(w[s] - best);
         sum += w[s];
       }
+      std::fill(w + L, w + T, 0.f);
       float* c = c_all + r * D + h * dh;
+      std::fill(c, c + dh, 0.f);
       for (int64_t s = 0; s < L; ++s) {
         w[s] /= sum;
         const float ws = w[s];

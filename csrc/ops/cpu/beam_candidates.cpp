@@ -76,10 +76,7 @@ std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits_in, 
         for (; t + kLanes <= V; t += kLanes) {
           const float worst = filled == count ? best[count - 1] : kNegInf;
           const vfloat values = start + ((load_lanes(x + t) - mx) - log_sum);
-          const vint maybe = values >= worst;
-          int32_t any = 0;
-          for (int j = 0; j < kLanes; ++j) any |= maybe[j];
-          if (!any) continue;
+          if (!any_lane(values >= worst)) continue;
           for (int64_t j = 0; j < kLanes; ++j) consider(t + j);
         }
         for (; t < V; ++t) consider(t);

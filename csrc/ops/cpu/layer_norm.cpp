@@ -42,12 +42,8 @@ std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x_in, const 
       if (rp)
         for (int64_t j = 0; j < d; ++j) s[j] = xr[j] + rp[r * d + j];
       // The moments in double: two passes, exact to float precision whatever d.
-      double mean = 0.0;
-      for (int64_t j = 0; j < d; ++j) mean += s[j];
-      mean /= static_cast<double>(d);
-      double var = 0.0;
-      for (int64_t j = 0; j < d; ++j) var += (s[j] - mean) * (s[j] - mean);
-      var /= static_cast<double>(d);
+      const double mean = sum_double<1>(s, d, 0.0) / static_cast<double>(d);
+      const double var = sum_double<2>(s, d, mean) / static_cast<double>(d);
       const double rstd = 1.0 / std::sqrt(var + eps);
       // ATen's form: (x * rstd - mean * rstd) * weight + bias.
       const float scale = static_cast<float>(rstd), shift = static_cast<float>(-mean * rstd);
