@@ -6,6 +6,7 @@
 #include <charconv>
 #include <functional>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "common.h"
@@ -277,9 +278,38 @@ Results decode(const Model& model, const std::vector<std::vector<int64_t>>& sour
                               : beam_search(model, sources, opts, abandoned);
 }
 
+namespace {
+
+// cache.index_select(0, rows) with the same capacity, of which only the first `used`
+// positions are copied: the rest holds nothing yet.
+at::Tensor gather_positions(const at::Tensor& cache, const at::Tensor& rows, int64_t used) {
+  auto sizes = cache.sizes().vec();
+  sizes[0] = rows.size(0);
+  auto out = at::empty(sizes, cache.options());
+  if (used == 0 || rows.size(0) == 0) return out;
+  if (cache.is_cpu() && cache.is_contiguous() && rows.is_cpu() && rows.is_contiguous()) {
+    // One copy of `used` positions per row, where index_select would copy the capacity.
+    const int64_t row_bytes = cache.stride(0) * cache.element_size(), bytes = used * cache.stride(1) * cache.element_size();
+    const auto* from = static_cast<const char*>(cache.data_ptr());
+    auto* to = static_cast<char*>(out.data_ptr());
+    const int64_t* index = rows.data_ptr<int64_t>();
+    for (int64_t i = 0; i < rows.size(0); ++i) {
+      check(index[i] >= 0 && index[i] < cache.size(0), "reorder: row index out of range");
+      std::memcpy(to + i * row_bytes, from + index[i] * row_bytes, bytes);
+    }
+  } else {
+    out.narrow(1, 0, used).copy_(cache.narrow(1, 0, used).index_select(0, rows));
+  }
+  return out;
+}
+
+}  // namespace
+
 void reorder(State& state, const at::Tensor& rows) {
   for (auto& [name, tensor] : state.rows)
     if (tensor.defined()) tensor = tensor.index_select(0, rows);
+  for (auto& [name, cache] : state.caches)
+    if (cache.defined()) cache = gather_positions(cache, rows, state.cached);
 }
 
 }  // namespace seq2seq

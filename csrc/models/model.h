@@ -25,10 +25,15 @@ using TensorMap = std::map<std::string, at::Tensor>;
 
 struct State {
   TensorMap rows;     // first dimension: the (sentence x beam) row; follows the beams
+  // (rows, capacity, ...) caches that grow by a position per step: rows as above, and only
+  // the first `cached` positions hold values, so only they follow the beams.
+  TensorMap caches;
+  int64_t cached = 0;
   TensorMap sources;  // first dimension: the sentence; a row finds its own through rows["sentence"]
 };
 
-// Keeps the given rows of every tensor in state.rows (repeating or reordering them).
+// Keeps the given rows of every tensor in state.rows and state.caches (repeating or
+// reordering them).
 void reorder(State& state, const at::Tensor& rows);
 
 struct Step {

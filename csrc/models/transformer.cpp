@@ -1,8 +1,8 @@
 // The Transformer of seq2seq/models.py: pre- or post-norm, sinusoidal or learned positions,
 // tied or separate output embeddings, any layer, head and width count, ReLU feed-forward.
 //
-// State: rows k0, v0, ... (each decoder layer's self-attention cache, (rows, capacity, d),
-//        positions 0..step written), sentence;
+// State: caches k0, v0, ... (each decoder layer's self-attention keys and values, (rows,
+//        capacity, d), positions 0..step written); rows sentence;
 //        sources ck0, cv0, ... (each layer's keys/values of the source, (N, S, d)), lengths.
 #include <ATen/ATen.h>
 
@@ -114,8 +114,8 @@ State TransformerModel::encode(const std::vector<std::vector<int64_t>>& sources)
   const auto empty = at::empty({N, 0, cfg_.d_model}, at::kFloat);
   for (const auto& layer : dec_) {
     std::tie(state.sources[layer.ck], state.sources[layer.cv]) = layer.cross_attn.source_keys_values(memory);
-    state.rows[layer.k] = empty;
-    state.rows[layer.v] = empty;
+    state.caches[layer.k] = empty;
+    state.caches[layer.v] = empty;
   }
   return state;
 }
@@ -124,14 +124,14 @@ Step TransformerModel::step(int64_t step, const at::Tensor& previous, State& sta
   check(step < cfg_.max_positions, "sequence of " + std::to_string(step + 1) +
                                        " tokens exceeds ModelConfig.max_positions=" +
                                        std::to_string(cfg_.max_positions));
-  auto& rows = state.rows;
-  const auto& sentence = rows.at("sentence");
+  state.cached = step + 1;  // the caches' positions 0..step, once this step has written its own
+  const auto& sentence = state.rows.at("sentence");
   const auto& lengths = state.sources.at("lengths");
   auto x = tgt_embed_(previous.unsqueeze(1), step).squeeze(1);
   const auto self_lengths = at::full({x.size(0)}, step + 1, x.options().dtype(at::kLong));
   at::Tensor weights;
   auto self_attn = [&](const DecoderLayer& layer, const at::Tensor& y) {
-    return layer.self_attn.step_self(y, rows[layer.k], rows[layer.v], step, self_lengths);
+    return layer.self_attn.step_self(y, state.caches[layer.k], state.caches[layer.v], step, self_lengths);
   };
   auto cross_attn = [&](const DecoderLayer& layer, const at::Tensor& y) {
     auto [out, w] = layer.cross_attn.step_cross(y, state.sources.at(layer.ck), state.sources.at(layer.cv), lengths,

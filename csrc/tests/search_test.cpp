@@ -578,6 +578,23 @@ TEST(Search, FinishedSentencesLeaveTheBatch) {
   EXPECT_EQ(tokens_of(beam[1]), Tokens({{kA, kA, kB}, {kA, kA, kA}}));  // 0.054 and 0.0216
 }
 
+TEST(Search, ReorderMovesTheRowsAndTheCachesFilledPositions) {
+  State state;
+  state.rows["sentence"] = at::tensor({0, 1, 2}, at::kLong);
+  // Three rows, capacity 4, positions 0 and 1 written.
+  state.caches["k"] = at::arange(3 * 4 * 2, at::kFloat).view({3, 4, 2});
+  state.cached = 2;
+  const auto before = state.caches["k"].clone();
+  reorder(state, at::tensor({2, 2, 0, 1}, at::kLong));
+  EXPECT_TRUE(at::equal(state.rows["sentence"], at::tensor({2, 2, 0, 1}, at::kLong)));
+  const auto& k = state.caches["k"];
+  EXPECT_EQ(k.sizes(), at::IntArrayRef({4, 4, 2}));  // the capacity kept
+  const int64_t expected[] = {2, 2, 0, 1};
+  for (int64_t i = 0; i < 4; ++i)
+    EXPECT_TRUE(at::equal(k[i].narrow(0, 0, 2), before[expected[i]].narrow(0, 0, 2))) << "row " << i;
+  EXPECT_THROW(reorder(state, at::tensor({4}, at::kLong)), std::exception);
+}
+
 TEST(Search, DecodeRejectsBadSources) {
   ScriptedModel model(hashed, /*max_source=*/3);
   const auto o = plain(2);
