@@ -214,7 +214,7 @@ namespace {
 // in order, and sums a group's columns in registers from the first input to the last: no
 // partial sums go through memory, and a weight register serves every row at once. The
 // earlier layout, (in, out) swept 8 inputs at a time with the sums in memory, ran beam 5 of
-// one sentence at 0.77-0.85x the speed of this one (docs/bench.md).
+// one sentence at 0.79-0.94x the speed of this one (docs/engine.md).
 constexpr int64_t kPanelVectors = 4;
 constexpr int64_t kPanelWidth = kPanelVectors * cpu::kLanes;
 
