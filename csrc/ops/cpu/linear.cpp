@@ -237,6 +237,25 @@ void split_groups(int64_t groups, int64_t work, const F& fn) {
     fn(0, groups);
 }
 
+// kernel(g, c0, width, bias, r0, n) over each column group g (columns [c0, c0 + width), its
+// bias or null) and each run of up to `rows_at_once` rows from r0, the groups split across
+// the threads: the loop of both few-rows products.
+template <typename F>
+void for_each_group(int64_t rows, int64_t in, int64_t out, const float* bias, int64_t rows_at_once,
+                    const F& kernel) {
+  const int64_t groups = (out + kPanelWidth - 1) / kPanelWidth;
+  float tail_bias[kPanelWidth] = {};  // the last group's, padded with zeros
+  if (bias) std::copy(bias + (groups - 1) * kPanelWidth, bias + out, tail_bias);
+  split_groups(groups, rows * in * out, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c0 = g * kPanelWidth, width = std::min(kPanelWidth, out - c0);
+      const float* b = bias ? (width == kPanelWidth ? bias + c0 : tail_bias) : nullptr;
+      // Rows beyond the registers read the group again from the core's cache.
+      for (int64_t r0 = 0; r0 < rows; r0 += rows_at_once) kernel(g, c0, width, b, r0, std::min(rows_at_once, rows - r0));
+    }
+  });
+}
+
 // Weights (out, in) as panels of `pair` consecutive inputs side by side per column:
 // (groups, in / pair, kPanelWidth, pair), zeros where the columns or inputs run out.
 at::Tensor panels_of(const at::Tensor& weight, int64_t pair) {
@@ -310,7 +329,7 @@ at::Tensor linear_float_rows(const at::Tensor& x, const Panels& weight, const at
   check(weight.data.scalar_type() == at::kFloat && weight.data.dim() == 3,
         "linear_float_rows needs the weights from pack_float_panels");
   const at::Tensor& panels = weight.data;
-  const int64_t groups = panels.size(0), in = panels.size(1), out = weight.out, rows = x.size(0);
+  const int64_t in = panels.size(1), out = weight.out, rows = x.size(0);
   check_rows_product(x, weight, bias, "linear_float_rows");
   auto y = at::empty({rows, out}, x.options());
   const auto xc = x.contiguous();
@@ -318,20 +337,11 @@ at::Tensor linear_float_rows(const at::Tensor& x, const Panels& weight, const at
   const float *xp = xc.data_ptr<float>(), *wp = panels.data_ptr<float>();
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  float tail_bias[kPanelWidth] = {};  // the last group's, padded with zeros
-  if (bp) std::copy(bp + (groups - 1) * kPanelWidth, bp + out, tail_bias);
   static constexpr auto kGroup = float_group_kernels(std::make_integer_sequence<int, kFloatGroupRows>{});
-  split_groups(groups, rows * in * out, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t c0 = g * kPanelWidth, width = std::min(kPanelWidth, out - c0);
-      const float* b = bp ? (width == kPanelWidth ? bp + c0 : tail_bias) : nullptr;
-      // Rows beyond the registers read the group again from the core's cache.
-      for (int64_t r0 = 0; r0 < rows; r0 += kFloatGroupRows) {
-        const int64_t n = std::min(kFloatGroupRows, rows - r0);
-        kGroup[n - 1](xp + r0 * in, in, wp + g * in * kPanelWidth, b, c0, width, yp + r0 * out, out, relu);
-      }
-    }
-  });
+  for_each_group(rows, in, out, bp, kFloatGroupRows,
+                 [&](int64_t g, int64_t c0, int64_t width, const float* b, int64_t r0, int64_t n) {
+                   kGroup[n - 1](xp + r0 * in, in, wp + g * in * kPanelWidth, b, c0, width, yp + r0 * out, out, relu);
+                 });
   return y;
 }
 
@@ -434,7 +444,7 @@ at::Tensor linear_bf16_rows(const at::Tensor& x, const Panels& weight, const at:
   const at::Tensor& pairs = weight.data;
   check(pairs.scalar_type() == at::kBFloat16 && pairs.dim() == 4 && pairs.size(3) == 2,
         "linear_bf16_rows needs the weights from pack_bf16_panels");
-  const int64_t rows = x.size(0), groups = pairs.size(0), half = pairs.size(1), in = x.size(1), out = weight.out;
+  const int64_t rows = x.size(0), half = pairs.size(1), in = x.size(1), out = weight.out;
   check_rows_product(x, weight, bias, "linear_bf16_rows");
   // x rounded to bfloat16, as the batched product rounds it; a zero after an odd last column.
   std::vector<float> xs(rows * 2 * half, 0.f);
@@ -447,20 +457,12 @@ at::Tensor linear_bf16_rows(const at::Tensor& x, const Panels& weight, const at:
   float* yp = y.data_ptr<float>();
   const auto bc = bias.defined() ? bias.contiguous() : bias;
   const float* bp = bc.defined() ? bc.data_ptr<float>() : nullptr;
-  float tail_bias[kPanelWidth] = {};
-  if (bp) std::copy(bp + (groups - 1) * kPanelWidth, bp + out, tail_bias);
   static constexpr auto kGroup = bf16_group_kernels(std::make_integer_sequence<int, kBf16GroupRows>{});
-  split_groups(groups, rows * in * out, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t c0 = g * kPanelWidth, width = std::min(kPanelWidth, out - c0);
-      const float* b = bp ? (width == kPanelWidth ? bp + c0 : tail_bias) : nullptr;
-      for (int64_t r0 = 0; r0 < rows; r0 += kBf16GroupRows) {
-        const int64_t n = std::min(kBf16GroupRows, rows - r0);
-        kGroup[n - 1](xs.data() + r0 * 2 * half, half, wp + g * half * kPanelWidth * 2, b, c0, width, yp + r0 * out,
-                      out, relu);
-      }
-    }
-  });
+  for_each_group(rows, in, out, bp, kBf16GroupRows,
+                 [&](int64_t g, int64_t c0, int64_t width, const float* b, int64_t r0, int64_t n) {
+                   kGroup[n - 1](xs.data() + r0 * 2 * half, half, wp + g * half * kPanelWidth * 2, b, c0, width,
+                                 yp + r0 * out, out, relu);
+                 });
   return y;
 }
 
