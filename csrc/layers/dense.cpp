@@ -103,9 +103,10 @@ at::Tensor Dense::float32(const at::Tensor& x, const at::Tensor& bias, bool relu
   // does not earn back (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
   const int64_t rows = x.size(0);
   // One row (a greedy step of one sentence): our own kernel, 1.16x the sentences/s of MKL's
-  // matrix-vector product at greedy batch 1 on the Tatoeba Transformer (docs/bench.md). On
-  // Intel's CPUs up to 16 rows too (the encoder of a short source: 47-64 us a product against
-  // MKL's 60-73, which copies the weights first); elsewhere that is not measured.
+  // matrix-vector product at greedy batch 1 on the Tatoeba Transformer. On Intel's CPUs up to
+  // 16 rows too (the encoder of a short source: 47-64 us a product against MKL's 60-73, which
+  // copies the weights first); elsewhere that is not measured. Both figures are the kernel's
+  // before its weights went into panels, which ran as fast or faster (docs/engine.md).
   if (panels_.defined() && (rows == 1 || (rows <= kFloatOwnRows && mkl_is_fastest_here())))
     return linear_float_rows(x, panels_, bias, relu);
   if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19))
