@@ -112,7 +112,13 @@ def evaluate(translator: Translator, pairs: list[tuple[str, str]], opts: Decodin
         "decode_seconds": seconds, "sentences_per_s": len(srcs) / seconds if seconds else 0.0,
         "output_tokens_per_s": sum(len(r[0].tokens) + 1 for r in results) / seconds if seconds else 0.0,
     }
-    batches = BatchIterator(encode_pairs(translator.tokenizer, pairs), translator.data_cfg, shuffle=False)
+    examples = encode_pairs(translator.tokenizer, pairs)
+    if task == "summarization":
+        # The teacher-forced loss reads the texts as decoding did: cut to the model's limit
+        # (a Transformer has no positions beyond it), <eos> kept.
+        limit = translator.source_limit()
+        examples = [(src[:-1][:limit] + src[-1:], tgt) for src, tgt in examples]
+    batches = BatchIterator(examples, translator.data_cfg, shuffle=False)
     teacher = evaluate_loss(translator.model, batches, translator.device)
     report.update(perplexity=teacher["val_ppl"], token_accuracy=teacher["val_token_acc"])
     report["sources"] = srcs

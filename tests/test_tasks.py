@@ -5,6 +5,7 @@ metrics, the C++ engine against the Python reference, and served requests on bot
 
 import gzip
 import json
+import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -172,6 +173,24 @@ def test_evaluate_reports_the_task_metrics_and_the_engine_matches_the_reference(
     out = write_report(cpp, tmp_path / name)
     assert (out / plot).stat().st_size > 0 and json.loads((out / "report.json").read_text())["task"] == task
     assert ("word acc." if task == "transliteration" else "ROUGE-L") in (out / "report.md").read_text()
+
+
+def test_a_summarized_text_beyond_the_transformers_positions_is_read_up_to_them(models):
+    """Decoding and the teacher-forced loss alike cut a text to the positions the model has
+    (the tiny Transformer's 256; the Debian test split holds a text of 1,442 tokens)."""
+    from seq2seq.engine import Engine
+    from seq2seq.evaluate import evaluate
+    from seq2seq.translate import Translator
+
+    export, cfg = models["summarize"]
+    pairs = load_dataset(cfg, ["test"]).splits["test"][:3]
+    long_text = "The alpha3 library draws graphics. " + words(400, "y")
+    engine, python = Engine(export), Translator(export)
+    assert len(python.encode(long_text)) > python.model_cfg.max_positions
+    pairs = pairs + [(long_text, "alpha3 library for graphics")]
+    cpp, ref = (evaluate(t, pairs, DecodingOptions(beam_size=2)) for t in (engine, python))
+    assert cpp["hypotheses"] == ref["hypotheses"] and cpp["sentences"] == len(pairs)
+    assert math.isfinite(cpp["perplexity"]) and cpp["perplexity"] == ref["perplexity"]
 
 
 def served_checks(stub, pb, models):
