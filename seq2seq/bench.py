@@ -180,7 +180,9 @@ def limits(cfg: ModelConfig, model, sources, results: dict, cases: list[Case]) -
         out = model.out.weight
         rows = case.beam_size * case.batch
         ref, library = matmul_gflops(rows, out.size(1), out.size(0))
-        for backend in engines:
+        # The peer's lines by the same count, to say how far any engine comes on these shapes.
+        peers = [b for b in results[case.name] if b.startswith("ct2")]
+        for backend in engines + peers:
             r = results[case.name][backend]
             gflops = model_flops(cfg, model, sources, r["outputs"], case.beam_size) / r["seconds"] / 1e9
             lines.append(f"compute, {case.name}, {backend}: at least {gflops:.1f} model GFLOP/s; the output layer's "

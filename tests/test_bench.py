@@ -47,6 +47,11 @@ def test_bench_measures_both_backends_on_the_same_sentences(tmp_path):
     lines = bench.limits(translators["python"].model_cfg, model, sources, results, cases)
     assert sum("GFLOP/s" in line for line in lines) == 2 and sum("GB/s" in line for line in lines) == 2
     assert all("the faster of MKL and oneDNN" in line for line in lines if "GFLOP/s" in line)
+    # A peer's backend gets its compute line by the same count: as fast as the engine, the same GFLOP/s.
+    results["beam3:4"]["ct2 float32 1t"] = dict(results["beam3:4"]["cpp float32"])
+    peer_lines = bench.limits(translators["python"].model_cfg, model, sources, results, cases)
+    ours, peer = (next(line for line in peer_lines if f"beam3:4, {b}:" in line) for b in ("cpp float32", "ct2 float32 1t"))
+    assert ours.split(": ", 1)[1] == peer.split(": ", 1)[1]
     gflops, library = bench.matmul_gflops(8, 16, 32)
     assert gflops > 0 and library in ("MKL", "oneDNN")
 
