@@ -145,9 +145,9 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"ModelConfig.d_model={cfg.d_model} must be divisible by heads={cfg.heads}")
     if not 0 <= cfg.dropout < 1:
         raise ValueError(f"ModelConfig.dropout={cfg.dropout} must be in [0, 1)")
-    if cfg.copy and cfg.family != "attention":
+    if cfg.copy and cfg.family == "rnn":
         raise ValueError(f"ModelConfig.copy copies source tokens through the attention: it needs family "
-                         f"\"attention\", not {cfg.family!r}")
+                         f"\"attention\" or \"transformer\", not {cfg.family!r}")
     if cfg.copy and cfg.src_vocab != cfg.tgt_vocab:
         raise ValueError(f"ModelConfig.copy needs one vocabulary for both sides (data.joint_vocab = true), not "
                          f"{cfg.src_vocab} source and {cfg.tgt_vocab} target ids")

@@ -163,6 +163,9 @@ def convert_to_ctranslate2(export_dir: str | Path, out_dir: str | Path, quantiza
     if exp.model_cfg.family != "transformer":
         raise ExportError(f"{exp.path}: a {exp.model_cfg.family!r} model cannot be converted; CTranslate2 runs only "
                           "the 'transformer' family (it has no RNN encoder-decoders)")
+    if exp.model_cfg.copy:
+        raise ExportError(f"{exp.path}: a Transformer with the copy mechanism (model.copy) cannot be converted; "
+                          "CTranslate2 has no pointer-generator, so decode it with the engine (seq2seq translate)")
     out = Path(out_dir)
     check_out_dir(out)
     ctranslate2 = require_ctranslate2()

@@ -407,6 +407,8 @@ class Transformer(Seq2Seq):
         self.out = nn.Linear(d, cfg.tgt_vocab)
         if cfg.tie_embeddings:
             self.out.weight = self.tgt_embed.weight
+        if cfg.copy:  # p_gen from the decoder's output, the vector the output layer reads
+            self.copy_gate = nn.Linear(d, 1)
         self.drop = nn.Dropout(cfg.dropout)
 
     def embed(self, table: nn.Embedding, ids, start: int = 0):
@@ -423,6 +425,8 @@ class Transformer(Seq2Seq):
             x = layer(x, mask)
         memory = self.enc_norm(x)
         state = {"src_mask": src != PAD}
+        if self.cfg.copy:
+            state["src_ids"] = src
         empty = memory.new_zeros(src.size(0), self.cfg.heads, 0, self.cfg.d_model // self.cfg.heads)
         for i, layer in enumerate(self.dec):
             state[f"ck{i}"], state[f"cv{i}"] = layer.cross_attn.project_kv(memory)
@@ -446,7 +450,15 @@ class Transformer(Seq2Seq):
                     new[f"k{i}"], new[f"v{i}"] = k, v
                 return k, v
             x, weights = layer(x, self_kv, self_mask, (state[f"ck{i}"], state[f"cv{i}"]), cross_mask)
-        return F.log_softmax(self.out(self.dec_norm(x)), -1), new, weights
+        h = self.dec_norm(x)
+        log_probs = F.log_softmax(self.out(h), -1)
+        if self.cfg.copy:
+            # The copy distribution is the last layer's cross-attention, its heads averaged.
+            b, t, s = weights.size(0), weights.size(2), weights.size(3)
+            src_ids = state["src_ids"][:, None, :].expand(b, t, s).reshape(b * t, s)
+            log_probs = copy_mixture(log_probs.reshape(b * t, -1), self.copy_gate(h).reshape(b * t, 1),
+                                     weights.mean(1).reshape(b * t, s), src_ids).view(b, t, -1)
+        return log_probs, new, weights
 
     def forward_teacher(self, src, src_lengths, tgt_in):
         return self.decode(tgt_in, self.encode(src, src_lengths), 0, cache=False)[0]

@@ -157,6 +157,9 @@ def test_refuses_a_non_transformer_export(tmp_path):
     with pytest.raises(ExportError, match="'rnn'"):
         convert_to_ctranslate2(export_dir, tmp_path / "ct2")
     assert not (tmp_path / "ct2").exists()
+    with pytest.raises(ExportError, match="copy mechanism"):
+        convert_to_ctranslate2(random_export(tmp_path / "copy", "transformer-copy"), tmp_path / "ct2")
+    assert not (tmp_path / "ct2").exists()
 
 
 def test_cli_converts_with_int8(converted, tmp_path):

@@ -388,7 +388,7 @@ def test_parity_with_python_reference(exports, family):
 
 
 @pytest.mark.parametrize("family", ["bahdanau-gru-bi", "luong-general", "bigru-context-feed", "transformer-pre",
-                                    "transformer-post", "bahdanau-copy"])
+                                    "transformer-post", "bahdanau-copy", "transformer-copy"])
 @pytest.mark.parametrize("beam", [1, 5])
 def test_alone_equals_inside_a_batch_of_64(exports, family, beam):
     engine = Engine(exports[family])

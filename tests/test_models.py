@@ -26,6 +26,7 @@ FAMILIES = {
                                    copy=True),
     "transformer-pre": dict(family="transformer", norm="pre"),
     "transformer-post": dict(family="transformer", norm="post", positions="learned", tie_embeddings=True),
+    "transformer-copy": dict(family="transformer", norm="pre", tie_embeddings=True, copy=True),
 }
 
 
@@ -178,7 +179,7 @@ def test_copy_keeps_gradients_finite_for_tokens_absent_from_the_source():
 
 
 def test_copy_needs_the_attention_family_and_one_vocabulary():
-    with pytest.raises(ValueError, match='needs family "attention", not \'rnn\''):
+    with pytest.raises(ValueError, match='needs family "attention" or "transformer", not \'rnn\''):
         build_model(ModelConfig(**SMALL, family="rnn", copy=True))
     with pytest.raises(ValueError, match="one vocabulary for both sides"):
         build_model(ModelConfig(**{**SMALL, "tgt_vocab": V + 1}, copy=True))

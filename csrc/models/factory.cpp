@@ -73,13 +73,14 @@ std::unique_ptr<Model> create_model(const std::string& model_config_json, const 
   const auto family = field<std::string>(m, "family");
   const auto src_vocab = field<int64_t>(m, "src_vocab"), tgt_vocab = field<int64_t>(m, "tgt_vocab");
   check(src_vocab > kEos + 1 && tgt_vocab > kEos + 1, "model.src_vocab and tgt_vocab must be above 4");
+  check(!m.value("copy", false) || src_vocab == tgt_vocab,
+        "model.copy needs one vocabulary for both sides (src_vocab = tgt_vocab)");
   if (family == "rnn" || family == "attention") {
     RnnConfig c{family, field<std::string>(m, "cell"), field<std::string>(m, "attention"), src_vocab, tgt_vocab,
                 field<int64_t>(m, "emb_dim"), field<int64_t>(m, "hidden"), field<int64_t>(m, "layers"),
                 field<int64_t>(m, "attention_dim"), field<bool>(m, "bidirectional"), field<bool>(m, "context_feed"),
                 field<bool>(m, "input_feed"), m.value("copy", false)};
-    check(!c.copy || family == "attention", "model.copy needs family attention, not " + family);
-    check(!c.copy || src_vocab == tgt_vocab, "model.copy needs one vocabulary for both sides (src_vocab = tgt_vocab)");
+    check(!c.copy || family == "attention", "model.copy needs family attention or transformer, not " + family);
     return create_rnn(c, weights, compute_type);
   }
   if (family == "transformer") {
@@ -90,7 +91,7 @@ std::unique_ptr<Model> create_model(const std::string& model_config_json, const 
     TransformerConfig c{src_vocab, tgt_vocab, field<int64_t>(m, "d_model"), field<int64_t>(m, "heads"),
                         field<int64_t>(m, "ff_dim"), field<int64_t>(m, "enc_layers"), field<int64_t>(m, "dec_layers"),
                         field<int64_t>(m, "max_positions"), norm == "pre", positions == "learned",
-                        field<bool>(m, "tie_embeddings")};
+                        field<bool>(m, "tie_embeddings"), m.value("copy", false)};
     return create_transformer(c, weights, compute_type);
   }
   throw std::invalid_argument("model.family must be rnn, attention or transformer, not " + family);

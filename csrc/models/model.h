@@ -69,6 +69,13 @@ void check_model_config(const nlohmann::json& model);
 // "model.hidden" must be an integer, not "256"; correct it, or export the checkpoint again ...
 std::string json_type_error(const std::string& where, const nlohmann::json& value, const char* kind);
 
+// The pointer-generator's step distribution (seq2seq/models.py copy_mixture), models/copy.cpp:
+// log(p_gen P_vocab + (1 - p_gen) P_copy) with p_gen = sigmoid(gate) (rows, 1), P_vocab the
+// softmax of logits (rows, V) and P_copy the attention weights (rows, S) summed per source
+// token id, ids (rows, S). Log-probabilities are logits the search's log-softmax leaves as they are.
+at::Tensor copy_mixture(const at::Tensor& logits, const at::Tensor& gate, const at::Tensor& weights,
+                        const at::Tensor& ids);
+
 // The families (models/rnn.cpp, models/transformer.cpp). Config values are read by the factory.
 struct RnnConfig {
   std::string family, cell, attention;
@@ -81,6 +88,7 @@ std::unique_ptr<Model> create_rnn(const RnnConfig& cfg, const Weights& weights, 
 struct TransformerConfig {
   int64_t src_vocab, tgt_vocab, d_model, heads, ff_dim, enc_layers, dec_layers, max_positions;
   bool pre_norm, learned_positions, tie_embeddings;
+  bool copy;  // the pointer-generator over the last layer's cross-attention, its heads averaged
 };
 std::unique_ptr<Model> create_transformer(const TransformerConfig& cfg, const Weights& weights, ComputeType type);
 

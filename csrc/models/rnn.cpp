@@ -14,8 +14,6 @@
 namespace seq2seq {
 namespace {
 
-constexpr double kCopyFloor = 1e-30;  // seq2seq/models.py COPY_FLOOR
-
 class RnnModel : public Model {
  public:
   RnnModel(const RnnConfig& cfg, const Weights& weights, ComputeType type);
@@ -201,13 +199,9 @@ Step RnnModel::step(int64_t, const at::Tensor& prev, State& state) const {
     logits = out_(attentional);
   }
   if (!cfg_.copy) return {logits, weights};
-  // seq2seq/models.py copy_mixture: log(p_gen P_vocab + (1 - p_gen) P_copy). Log-probabilities
-  // are logits the search's log-softmax leaves as they are.
-  auto gate = copy_gate_(at::cat({ctx, top, emb}, -1));
-  auto copied = at::zeros_like(logits).scatter_add_(1, src.at("ids").index_select(0, sentence), weights);
-  auto mixed = at::logaddexp(at::log_sigmoid(gate) + at::log_softmax(logits, -1),
-                             at::log_sigmoid(-gate) + at::log(copied.clamp_min(kCopyFloor)));
-  return {mixed, weights};
+  return {copy_mixture(logits, copy_gate_(at::cat({ctx, top, emb}, -1)), weights,
+                       src.at("ids").index_select(0, sentence)),
+          weights};
 }
 
 }  // namespace

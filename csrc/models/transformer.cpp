@@ -3,7 +3,8 @@
 //
 // State: caches k0, v0, ... (each decoder layer's self-attention keys and values, (rows,
 //        capacity, d), positions 0..step written); rows sentence;
-//        sources ck0, cv0, ... (each layer's keys/values of the source, (N, S, d)), lengths.
+//        sources ck0, cv0, ... (each layer's keys/values of the source, (N, S, d)), lengths, and
+//        with copy ids (the source tokens the copy mechanism copies).
 #include <ATen/ATen.h>
 
 #include "../common.h"
@@ -45,7 +46,9 @@ class TransformerModel : public Model {
   std::vector<EncoderLayer> enc_;
   std::vector<DecoderLayer> dec_;
   LayerNorm enc_norm_, dec_norm_;  // pre-norm only
-  Dense out_;
+  Dense out_, copy_gate_;
+  // The step's logits from the decoder's output h and the last layer's cross-attention.
+  at::Tensor logits(const at::Tensor& h, const at::Tensor& weights, const State& state) const;
 };
 
 TransformerModel::TransformerModel(const TransformerConfig& s, const Weights& weights, ComputeType type) : cfg_(s) {
@@ -85,6 +88,8 @@ TransformerModel::TransformerModel(const TransformerConfig& s, const Weights& we
   }
   // Tied embeddings are exported as two equal tensors; the output layer reads its own.
   out_ = w.dense("out.weight", "out.bias", s.tgt_vocab, d, type);
+  // One output: nothing for a lower precision to gain, and p_gen weighs every token.
+  if (s.copy) copy_gate_ = w.dense("copy_gate.weight", "copy_gate.bias", 1, d, ComputeType::Float32);
   w.check_all_used();
 }
 
@@ -110,6 +115,7 @@ State TransformerModel::encode(const std::vector<std::vector<int64_t>>& sources)
   const auto memory = cfg_.pre_norm ? enc_norm_(x) : x;
   State state;
   state.sources["lengths"] = lengths;
+  if (cfg_.copy) state.sources["ids"] = src;
   state.rows["sentence"] = at::arange(N, at::kLong);
   const auto empty = at::empty({N, 0, cfg_.d_model}, at::kFloat);
   for (const auto& layer : dec_) {
@@ -145,7 +151,7 @@ Step TransformerModel::step(int64_t step, const at::Tensor& previous, State& sta
       x = layer.norm1.add(x, cross_attn(layer, x)).second;
       x = layer.norm2.add(x, layer.ff(x)).second;
     }
-    return {out_(x), weights};
+    return {logits(x, weights, state), weights};
   }
   // Pre-norm: each residual sum and the next sublayer's norm in one pass; h is the normed x.
   auto h = dec_.front().norm0(x);
@@ -155,7 +161,14 @@ Step TransformerModel::step(int64_t step, const at::Tensor& previous, State& sta
     std::tie(x, h) = layer.norm2.add(x, cross_attn(layer, h));
     std::tie(x, h) = (i + 1 < dec_.size() ? dec_[i + 1].norm0 : dec_norm_).add(x, layer.ff(h));
   }
-  return {out_(h), weights};
+  return {logits(h, weights, state), weights};
+}
+
+at::Tensor TransformerModel::logits(const at::Tensor& h, const at::Tensor& weights, const State& state) const {
+  if (!cfg_.copy) return out_(h);
+  // seq2seq/models.py Transformer.decode: the copy distribution is the heads' mean.
+  return copy_mixture(out_(h), copy_gate_(h), weights.mean(1),
+                      state.sources.at("ids").index_select(0, state.rows.at("sentence")));
 }
 
 }  // namespace
