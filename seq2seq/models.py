@@ -272,6 +272,9 @@ def copy_mixture(log_probs, gate, weights, src_ids):
     """The pointer-generator's distribution (See et al., 2017), in log space:
     log(p_gen * P_vocab + (1 - p_gen) * P_copy), p_gen = sigmoid(gate), P_copy the attention
     weights summed per source token id. log_probs (B, V), gate (B, 1), weights and src_ids (B, S)."""
+    # In float32 whatever autocast made of the inputs: a bfloat16 log-probability keeps about
+    # three digits, too few for the loss.
+    log_probs, gate, weights = log_probs.float(), gate.float(), weights.float()
     copied = torch.zeros_like(log_probs).scatter_add_(1, src_ids, weights)
     return torch.logaddexp(F.logsigmoid(gate) + log_probs,
                            F.logsigmoid(-gate) + torch.log(copied.clamp_min(COPY_FLOOR)))

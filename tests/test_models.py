@@ -183,3 +183,17 @@ def test_copy_needs_the_attention_family_and_one_vocabulary():
         build_model(ModelConfig(**SMALL, family="rnn", copy=True))
     with pytest.raises(ValueError, match="one vocabulary for both sides"):
         build_model(ModelConfig(**{**SMALL, "tgt_vocab": V + 1}, copy=True))
+
+
+@pytest.mark.parametrize("name", ["bahdanau-copy", "transformer-copy"])
+def test_copy_mixture_stays_float32_under_bfloat16_autocast(name):
+    """The GPU recipes train with bfloat16 autocast; the mixture and so the loss stay float32."""
+    m = model(name)
+    batch = batch_of([([5, 6, 7], [8, 9, 10]), ([11, 12], [5, 13])])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        log_probs = m(batch.src, batch.src_lengths, batch.tgt[:, :-1])
+    assert log_probs.dtype == torch.float32 and torch.isfinite(log_probs).all()
+    # Probabilities still sum to one up to bfloat16's rounding of the inputs.
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]), atol=1e-2)
+    log_probs.sum().backward()
+    assert m.copy_gate.weight.grad is not None and torch.isfinite(m.copy_gate.weight.grad).all()
