@@ -632,6 +632,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from seq2seq.average import average_checkpoints, pick_checkpoints
+
+    paths = pick_checkpoints(args.checkpoints, args.last)
+    out = average_checkpoints(paths, args.out)
+    print(f"{out}: the mean of {len(paths)} checkpoints: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_convert(args) -> int:
     from seq2seq.convert import convert_to_ctranslate2
 
@@ -714,6 +723,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, DecodingOptions, {"return_attention"}, unset=True,
                      title="the model's decoding defaults, used wherever a caller sets none (seq2seq/config.py)")
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("average", help="average the weights of a run's last checkpoints into one checkpoint")
+    p.add_argument("checkpoints", nargs="+",
+                   help="checkpoint files, or a training out_dir (its epoch{N}.pt files, kept with --keep_epochs)")
+    p.add_argument("--last", type=int, default=0, help="average only the last N of them (default: all)")
+    p.add_argument("--out", required=True, help="the checkpoint file to write (export it with seq2seq export)")
+    p.set_defaults(func=cmd_average)
 
     p = commands.add_parser("convert", help="write an export as a model for another engine (CTranslate2)")
     p.add_argument("--to", choices=("ctranslate2",), required=True, help="the engine to convert for")

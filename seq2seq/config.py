@@ -180,6 +180,7 @@ class TrainConfig:
 
     early_stop_metric: str = "val_loss"  # "val_loss", "val_ppl", "val_token_acc" or "val_bleu"
     patience: int = 5  # epochs without improvement before stopping; 0: never
+    keep_epochs: int = 0  # also keep the last N epochs as out_dir/epoch{N}.pt, for `seq2seq average`
     log_every: int = 50  # steps between gradient-norm records in the metrics log
     samples: int = 3  # sample translations printed after each epoch
     val_bleu: bool = True  # greedy-decode the validation split each epoch and score it with sacreBLEU
@@ -197,6 +198,8 @@ def validate_train_config(cfg: TrainConfig) -> None:
         raise ValueError("TrainConfig.early_stop_metric='val_bleu' needs val_bleu=true")
     if cfg.lr <= 0:
         raise ValueError(f"TrainConfig.lr must be > 0, got {cfg.lr}")
+    if cfg.keep_epochs < 0:
+        raise ValueError(f"TrainConfig.keep_epochs must be >= 0 (0: keep none), got {cfg.keep_epochs}")
     if not 0 <= cfg.teacher_forcing <= 1 or not 0 <= cfg.tf_min <= 1:
         raise ValueError("TrainConfig.teacher_forcing and tf_min must be in [0, 1]")
 

@@ -79,8 +79,11 @@ def export(checkpoint: str | Path, out: str | Path, decoding: dict | None = None
         "model": ckpt["model"],
         "data": ckpt["data"],
         "special_ids": SPECIAL_IDS,
-        "source": {"checkpoint": str(ckpt["path"]), "epoch": ckpt.get("epoch"), "step": ckpt.get("step")},
+        "source": {"checkpoint": str(ckpt["path"]), "epoch": (ckpt.get("progress") or {}).get("epoch"),
+                   "step": (ckpt.get("progress") or {}).get("step")},
     }
+    if "averaged_from" in ckpt:
+        config["source"]["averaged_from"] = ckpt["averaged_from"]
     if decoding:
         config["decoding"] = decoding
     # Tied weights share storage, which safetensors refuses: every tensor gets its own copy.

@@ -261,11 +261,18 @@ def pick_device(cfg: TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def save_checkpoint(ckpt: dict, out: Path, best: bool) -> None:
+def save_checkpoint(ckpt: dict, out: Path, best: bool, keep_epochs: int = 0) -> None:
     # Written beside and renamed: a process killed while writing leaves the previous file intact.
-    for name in ("last.pt", "best.pt") if best else ("last.pt",):
+    epoch = ckpt["progress"]["epoch"]
+    names = ["last.pt"] + (["best.pt"] if best else []) + ([f"epoch{epoch}.pt"] if keep_epochs else [])
+    for name in names:
         torch.save(ckpt, out / f"{name}.tmp")
         (out / f"{name}.tmp").replace(out / name)
+    if keep_epochs:
+        from seq2seq.average import epoch_checkpoints
+
+        for old in epoch_checkpoints(out)[:-keep_epochs]:
+            old.unlink()
 
 
 def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, resume: bool = False,
@@ -418,7 +425,7 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
                 "train": asdict(train_cfg), "tokenizer": tokenizer.state(), "model_state": core.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states(),
                 "progress": dict(progress_state), "metrics": metrics,
-            }, out, improved)
+            }, out, improved, train_cfg.keep_epochs)
         workers.barrier()
         if train_cfg.patience and progress_state["bad_epochs"] >= train_cfg.patience:
             log(f"early stop: {train_cfg.early_stop_metric} has not improved for {train_cfg.patience} epochs")
