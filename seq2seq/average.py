@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.translate import CheckpointError
+from seq2seq.translate import CheckpointError, read_checkpoint
 
 EPOCH_FILE = re.compile(r"epoch(\d+)\.pt$")
 
@@ -51,24 +51,14 @@ def pick_checkpoints(paths: list[str | Path], last: int = 0) -> list[Path]:
     return picked
 
 
-def load(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_state", "tokenizer", "data"} <= set(ckpt):
-        raise CheckpointError(f"{path}: not a seq2seq training checkpoint (model, model_state, tokenizer, data missing)")
-    return ckpt
-
-
 def average_checkpoints(paths: list[Path], out: str | Path) -> Path:
     """Write the mean of the checkpoints' weights to ``out``: one model's checkpoints (the
     same model and data settings and the same vocabulary), summed in float64. The result
     has no optimizer state: it is for export and decoding, not for --resume."""
-    first = ckpt = load(paths[0])
+    first = ckpt = read_checkpoint(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in first["model_state"].items()}
     for path in paths[1:]:
-        ckpt = load(path)
+        ckpt = read_checkpoint(path)
         for part in ("model", "data", "tokenizer"):
             if ckpt[part] != first[part]:
                 differ = [k for k in first[part] if first[part].get(k) != ckpt[part].get(k)] if part != "tokenizer" \

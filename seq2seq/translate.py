@@ -35,6 +35,17 @@ class Translation:
     attention: torch.Tensor | None = None  # (output tokens + 1, [heads,] source tokens + 1)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint's dict, or a CheckpointError saying why the file is not one."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_state", "tokenizer", "data"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a seq2seq training checkpoint (model, model_state, tokenizer, data missing)")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode, tokenizer, checkpoint dict) from a training checkpoint."""
     path = Path(path)
@@ -42,12 +53,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         path = path / "best.pt"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass a .pt file or a training out_dir holding best.pt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_state", "tokenizer", "data"} <= set(ckpt):
-        raise CheckpointError(f"{path}: not a seq2seq training checkpoint (model, model_state, tokenizer, data missing)")
+    ckpt = read_checkpoint(path)
     ckpt["path"] = str(path)
     model = build_model(ModelConfig(**ckpt["model"]))
     model.load_state_dict(ckpt["model_state"])
