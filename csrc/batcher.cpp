@@ -12,7 +12,7 @@ bool same_options(const DecodeOptions& a, const DecodeOptions& b) {
          a.alpha == b.alpha && a.min_length == b.min_length && a.min_length_ratio == b.min_length_ratio &&
          a.max_length == b.max_length && a.max_length_ratio == b.max_length_ratio &&
          a.max_length_extra == b.max_length_extra && a.early_stop == b.early_stop &&
-         a.return_attention == b.return_attention;
+         a.return_attention == b.return_attention && a.no_repeat_ngram_size == b.no_repeat_ngram_size;
 }
 
 int64_t Job::cost() const {

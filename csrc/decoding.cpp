@@ -76,6 +76,39 @@ std::optional<at::Tensor> trimmed(const at::Tensor& history, int64_t row, int64_
 
 const std::vector<int64_t> kBanned = {kPad, kBos};
 
+// The tokens that would complete an n-gram `tokens` already holds: those that followed each
+// earlier occurrence of its last n - 1 tokens (n = 1: every token in it). Sorted, unique.
+std::vector<int64_t> repeating_tokens(const std::vector<int64_t>& tokens, int64_t n) {
+  std::vector<int64_t> out;
+  const int64_t len = static_cast<int64_t>(tokens.size());
+  for (int64_t i = 0; i + n <= len; ++i)
+    if (std::equal(tokens.begin() + i, tokens.begin() + i + n - 1, tokens.end() - (n - 1))) out.push_back(tokens[i + n - 1]);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+// Per row, the tokens no_repeat_ngram_size takes out of its candidates (none when it is 0).
+// beam_candidates ranks every token; the search skips these in its ranking, which equals
+// masking them after the log-softmax (decoding.py's block_repeats): removing entries from
+// a sorted list keeps the order of the rest. Returns the most any group of rows loses.
+int64_t repeat_bans(const std::vector<std::vector<int64_t>>& tokens, int64_t n, int64_t group,
+                    std::vector<std::vector<int64_t>>& bans) {
+  bans.assign(tokens.size(), {});
+  if (n == 0) return 0;
+  int64_t most = 0, in_group = 0;
+  for (size_t r = 0; r < tokens.size(); ++r) {
+    bans[r] = repeating_tokens(tokens[r], n);
+    in_group = (r % group == 0 ? 0 : in_group) + static_cast<int64_t>(bans[r].size());
+    most = std::max(most, in_group);
+  }
+  return most;
+}
+
+bool banned_for(const std::vector<std::vector<int64_t>>& bans, int64_t row, int64_t token) {
+  return !bans.empty() && std::binary_search(bans[row].begin(), bans[row].end(), token);
+}
+
 }  // namespace
 
 std::pair<std::vector<int64_t>, std::vector<int64_t>> length_limits(
@@ -112,9 +145,10 @@ void validate_options(const DecodeOptions& o) {
   const std::pair<const char*, double> numbers[] = {
       {"min_length", static_cast<double>(o.min_length)}, {"min_length_ratio", o.min_length_ratio},
       {"max_length_ratio", o.max_length_ratio}, {"max_length_extra", static_cast<double>(o.max_length_extra)},
-      {"alpha", o.alpha}};
+      {"alpha", o.alpha}, {"no_repeat_ngram_size", static_cast<double>(o.no_repeat_ngram_size)}};
   for (const auto& [name, value] : numbers) {
-    const bool integer = std::string(name) == "min_length" || std::string(name) == "max_length_extra";
+    const std::string n(name);
+    const bool integer = n == "min_length" || n == "max_length_extra" || n == "no_repeat_ngram_size";
     const std::string shown = integer ? std::to_string(static_cast<int64_t>(value)) : python_float(value);
     if (value < 0) fail(p + name + " must be >= 0, got " + shown);
     if (!std::isfinite(value)) fail(p + name + " must be a finite number, got " + shown);
@@ -134,31 +168,46 @@ Results greedy_search(const Model& model, const std::vector<std::vector<int64_t>
   std::vector<std::vector<int64_t>> tokens(N);
   at::Tensor history;
   Results results(N);
+  std::vector<std::vector<int64_t>> bans;
   for (int64_t step = 0; !live.empty(); ++step) {
     const Step out = model.step(step, prev, state);
+    const int64_t count = std::min(1 + repeat_bans(tokens, opts.no_repeat_ngram_size, 1, bans),
+                                   model.target_vocabulary);
     auto [best_t, index_t] =
-        beam_candidates(out.logits, log_prob, eos_rules(live, step, mins, maxs, model), kBanned, kEos, 1, 1);
+        beam_candidates(out.logits, log_prob, eos_rules(live, step, mins, maxs, model), kBanned, kEos, 1, count);
     if (opts.return_attention) append_attention(history, out.attention);
     const auto best = best_t.to(at::kCPU), index = index_t.to(at::kCPU);
-    const float* b = best.data_ptr<float>();
-    const int64_t* t = index.data_ptr<int64_t>();
     std::vector<int64_t> keep, next_live, next_prev;
+    std::vector<float> next_log_prob;
     std::vector<std::vector<int64_t>> next_tokens;
     for (size_t r = 0; r < live.size(); ++r) {
-      if (t[r] == kEos) {
+      const float* b = best.data_ptr<float>() + r * count;
+      const int64_t* t = index.data_ptr<int64_t>() + r * count;
+      int64_t j = 0;  // the best candidate that repeats no n-gram
+      while (j < count && b[j] != kNegInf && banned_for(bans, r, t[j])) ++j;
+      if (j == count || b[j] == kNegInf) continue;  // nothing allowed: no hypothesis, as in beam search
+      if (t[j] == kEos) {
         const int64_t s = live[r];
-        results[s] = {Hypothesis{tokens[r], penalized(b[r], step + 1, opts), b[r],
+        results[s] = {Hypothesis{tokens[r], penalized(b[j], step + 1, opts), b[j],
                                  trimmed(history, r, sources[s].size() + 1)}};
       } else if (!(abandoned && abandoned(live[r]))) {
         keep.push_back(static_cast<int64_t>(r));
         next_live.push_back(live[r]);
-        next_prev.push_back(t[r]);
+        next_prev.push_back(t[j]);
+        next_log_prob.push_back(b[j]);
         next_tokens.push_back(std::move(tokens[r]));
-        next_tokens.back().push_back(t[r]);
+        next_tokens.back().push_back(t[j]);
       }
     }
     if (next_live.empty()) break;
-    if (keep.size() != live.size()) {  // finished sentences leave the batch
+    if (count > 1) {  // the chosen candidates are not one column: gather them on the host
+      log_prob = at::tensor(at::ArrayRef<float>(next_log_prob), at::kFloat).to(model.options.device());
+      if (keep.size() != live.size()) {
+        auto k = ids_tensor(keep, model);
+        reorder(state, k);
+        if (history.defined()) history = history.index_select(0, k);
+      }
+    } else if (keep.size() != live.size()) {  // finished sentences leave the batch
       auto k = ids_tensor(keep, model);
       reorder(state, k);
       log_prob = best_t.view({-1}).index_select(0, k);
@@ -189,12 +238,15 @@ Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>&
   std::vector<std::vector<int64_t>> tokens(N * k);
   at::Tensor history;
   Results finished(N);
+  std::vector<std::vector<int64_t>> bans;
   for (int64_t step = 0; !live.empty(); ++step) {
     std::vector<int64_t> row_sentence;
     for (auto s : live) row_sentence.insert(row_sentence.end(), k, s);
     const Step out = model.step(step, prev, state);
+    const int64_t count = std::min(width + repeat_bans(tokens, opts.no_repeat_ngram_size, k, bans),
+                                   model.target_vocabulary * k);
     auto [cand_t, index_t] = beam_candidates(out.logits, scores, eos_rules(row_sentence, step, mins, maxs, model),
-                                             kBanned, kEos, k, width);
+                                             kBanned, kEos, k, count);
     if (opts.return_attention) append_attention(history, out.attention);
     const auto cand = cand_t.to(at::kCPU), index = index_t.to(at::kCPU);
     const float* cs = cand.data_ptr<float>();
@@ -204,13 +256,16 @@ Results beam_search(const Model& model, const std::vector<std::vector<int64_t>>&
     for (size_t blk = 0; blk < live.size(); ++blk) {
       const int64_t s = live[blk];
       std::vector<std::tuple<int64_t, int64_t, float>> beams;
-      for (int64_t rank = 0; rank < width; ++rank) {
-        const float score = cs[blk * width + rank];
+      // rank counts the candidates left after the n-gram bans, as decoding.py ranks them.
+      for (int64_t c = 0, rank = 0; c < count && rank < width; ++c) {
+        const float score = cs[blk * count + c];
         if (score == kNegInf) break;
-        const int64_t token = ci[blk * width + rank] / k, b = ci[blk * width + rank] % k;
+        const int64_t token = ci[blk * count + c] / k, b = ci[blk * count + c] % k;
         const int64_t row = static_cast<int64_t>(blk) * k + b;
+        if (banned_for(bans, row, token)) continue;
+        const bool within_k = rank++ < k;
         if (token == kEos) {
-          if (rank < k)
+          if (within_k)
             finished[s].push_back(Hypothesis{tokens[row], penalized(score, step + 1, opts), score,
                                              trimmed(history, row, sources[s].size() + 1)});
         } else {

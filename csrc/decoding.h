@@ -25,6 +25,7 @@ struct DecodeOptions {
   double max_length_ratio = 2.0;
   int64_t max_length_extra = 10;
   bool early_stop = true, return_attention = false;
+  int64_t no_repeat_ngram_size = 0;
 };
 
 // Beam sizes beyond this only cost memory: a clear error rather than an allocation failure.

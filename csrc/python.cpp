@@ -26,6 +26,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("max_length_ratio", &DecodeOptions::max_length_ratio)
       .def_readwrite("max_length_extra", &DecodeOptions::max_length_extra)
       .def_readwrite("early_stop", &DecodeOptions::early_stop)
+      .def_readwrite("no_repeat_ngram_size", &DecodeOptions::no_repeat_ngram_size)
       .def_readwrite("return_attention", &DecodeOptions::return_attention);
   m.def("validate_options", &validate_options, py::arg("options"),
         "Raises ValueError with seq2seq.config.validate_decoding_options' message for bad options");

@@ -230,6 +230,9 @@ class DecodingOptions:
     # True: a sentence stops once beam_size hypotheses have ended; False: search goes on
     # to the maximum length and keeps every hypothesis that ended on the way.
     early_stop: bool = True
+    # N > 0: no hypothesis holds the same N consecutive output tokens twice (a token that
+    # would repeat one is not a candidate; scores are not renormalized); 0: no rule.
+    no_repeat_ngram_size: int = 0
     return_attention: bool = False
 
 
@@ -249,7 +252,8 @@ def validate_decoding_options(opts: DecodingOptions) -> None:
         raise ValueError(f"DecodingOptions.beam_size must be <= {MAX_BEAM}, got {opts.beam_size}")
     if not 1 <= opts.n_best <= opts.beam_size:
         raise ValueError(f"DecodingOptions.n_best={opts.n_best} must be between 1 and beam_size={opts.beam_size}")
-    for name in ("min_length", "min_length_ratio", "max_length_ratio", "max_length_extra", "alpha"):
+    for name in ("min_length", "min_length_ratio", "max_length_ratio", "max_length_extra", "alpha",
+                 "no_repeat_ngram_size"):
         value = getattr(opts, name)
         if value < 0:
             raise ValueError(f"DecodingOptions.{name} must be >= 0, got {value}")

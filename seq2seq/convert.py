@@ -227,6 +227,10 @@ def unsupported(opts: DecodingOptions) -> str | None:
     if beam and not opts.early_stop:
         return ("DecodingOptions.early_stop=False has no CTranslate2 equivalent: CTranslate2 ends a sentence's "
                 "beam search once beam_size hypotheses have ended; use early_stop=True")
+    if opts.no_repeat_ngram_size:
+        return ("DecodingOptions.no_repeat_ngram_size is not passed to CTranslate2: its no_repeat_ngram_size "
+                "renormalizes each step's probabilities over the tokens left, which ranks beams and scores "
+                "hypotheses differently from the reference; use no_repeat_ngram_size=0")
     if opts.return_attention:
         return ("DecodingOptions.return_attention=True is not supported by the CTranslate2 decoder: its attention "
                 "is not the reference's per-head last-layer attention; use the Python reference decoder")

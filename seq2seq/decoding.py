@@ -17,6 +17,9 @@ Rules (DecodingOptions in config.py holds the numbers):
 - n-best lists are ordered by penalized score; equal scores keep the order of ending.
 - Greedy search takes the highest log-probability, ties to the lowest token id; it gives
   the same tokens and scores as beam search with beam_size 1.
+- With no_repeat_ngram_size N, a token that would complete an N-gram the hypothesis
+  already holds is removed from its candidates after the log-softmax (the others keep
+  their log-probabilities), as <pad> and <bos> are.
 """
 
 from __future__ import annotations
@@ -89,6 +92,23 @@ def constrain(log_probs: torch.Tensor, step: int, min_len: torch.Tensor, max_len
     return log_probs
 
 
+def repeating_tokens(tokens: list[int], n: int) -> set[int]:
+    """The tokens that would complete an n-gram ``tokens`` already holds: those that
+    followed each earlier occurrence of its last n - 1 tokens (n = 1: every token in it)."""
+    tail = tokens[len(tokens) - n + 1:] if n > 1 else []
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i:i + n - 1] == tail}
+
+
+def block_repeats(log_probs: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """log_probs with -inf where a row's next token would repeat one of its n-grams."""
+    if n:
+        for row, seq in enumerate(tokens.tolist()):
+            banned = sorted(repeating_tokens(seq, n))
+            if banned:
+                log_probs[row, banned] = NEG_INF
+    return log_probs
+
+
 def trimmed(history: torch.Tensor | None, row: int, src_len) -> torch.Tensor | None:
     """One hypothesis's attention rows, without the columns of its batch's padding."""
     return None if history is None else history[row, ..., : int(src_len)].cpu()
@@ -119,6 +139,7 @@ def greedy_search(model, src, src_lengths, opts: DecodingOptions = DecodingOptio
     while live.numel():
         step_log_probs, state, attention = model.decode_step(prev, state)
         step_log_probs = constrain(step_log_probs, step, min_len[live], max_len[live])
+        step_log_probs = block_repeats(step_log_probs, tokens, opts.no_repeat_ngram_size)
         best, prev = step_log_probs.max(-1)  # the first maximum: the lowest token id
         log_prob = log_prob + best
         if opts.return_attention and attention is not None:
@@ -129,7 +150,9 @@ def greedy_search(model, src, src_lengths, opts: DecodingOptions = DecodingOptio
             lp, sentence = log_prob[row].item(), live[row].item()
             results[sentence] = [Hypothesis(tokens[row].tolist(), length_penalty(lp, step + 1, opts), lp,
                                             trimmed(history, row, src_lengths[sentence]))]
-        keep = (~ended).nonzero().flatten()
+        # A row left without any allowed token (every one repeats an n-gram, and <eos> is
+        # below the minimum length) ends without a hypothesis, as in beam search.
+        keep = (~ended & (best > NEG_INF)).nonzero().flatten()
         live, prev, log_prob = live[keep], prev[keep], log_prob[keep]
         tokens = torch.cat([tokens[keep], prev.unsqueeze(1)], 1)
         history = None if history is None else history[keep]
@@ -157,6 +180,7 @@ def beam_search(model, src, src_lengths, opts: DecodingOptions):
         rows_live = torch.tensor(live, device=device).repeat_interleave(k)
         step_log_probs, state, attention = model.decode_step(prev, state)
         step_log_probs = constrain(step_log_probs, step, min_len[rows_live], max_len[rows_live])
+        step_log_probs = block_repeats(step_log_probs, tokens, opts.no_repeat_ngram_size)
         vocab = step_log_probs.size(-1)
         total = scores.view(-1, 1) + step_log_probs  # (blocks * k, vocab)
         # Token-major order, so that a stable sort breaks ties by lowest token id, then beam.

@@ -140,6 +140,8 @@ def test_refuses_options_it_cannot_reproduce(converted):
         decoder.translate_ids(SOURCES[:2], DecodingOptions(beam_size=5, length_penalty="none", min_length=2))
     with pytest.raises(ValueError, match="early_stop"):
         decoder.translate_ids(SOURCES[:2], DecodingOptions(beam_size=5, length_penalty="none", early_stop=False))
+    with pytest.raises(ValueError, match="no_repeat_ngram_size is not passed to CTranslate2"):
+        decoder.translate_ids(SOURCES[:2], DecodingOptions(beam_size=1, no_repeat_ngram_size=2))
     with pytest.raises(ValueError, match="source 1"):
         decoder.translate_ids([[5, 6], [5, PAD]], DecodingOptions(beam_size=1))
     with pytest.raises(ValueError, match="max_positions"):

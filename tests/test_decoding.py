@@ -43,6 +43,68 @@ def test_exhaustive_beam_equals_brute_force(family, penalty):
     assert tuple(hyps[0].tokens) == best
 
 
+def has_repeated_ngram(seq, n):
+    grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("family", ["bahdanau", "transformer-pre"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram_beam_keeps_exactly_the_outputs_without_repeats(family, n):
+    """Over the whole search space, the n-best list is every output without a repeated
+    n-gram, with its teacher-forced log-probability: blocking removes candidates and
+    leaves the others' scores as they were."""
+    torch.manual_seed(5)
+    cfg = dict(SMALL, src_vocab=6, tgt_vocab=6)  # outputs over {<unk>, 4, 5}
+    m = build_model(ModelConfig(dropout=0.0, **cfg, **FAMILIES[family])).eval()
+    src = [4, 5, 1, 4]
+    everything = [list(seq) for k in range(5) for seq in itertools.product([UNK, 4, 5], repeat=k)]
+    allowed = {tuple(s): scored(m, src, s) for s in everything if not has_repeated_ngram(s, n)}
+    assert 0 < len(allowed) < len(everything)
+    opts = DecodingOptions(beam_size=len(allowed), n_best=len(allowed), length_penalty="none", max_length=4,
+                           max_length_ratio=0, early_stop=False, no_repeat_ngram_size=n)
+    batch = batch_of([(src, [])])
+    hyps = beam_search(m, batch.src, batch.src_lengths, opts)[0]
+    assert {tuple(h.tokens) for h in hyps} == set(allowed)
+    for h in hyps:
+        assert h.log_prob == pytest.approx(allowed[tuple(h.tokens)], abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["lstm", "transformer-pre"])
+def test_no_repeat_ngram_greedy_takes_the_best_token_that_repeats_nothing(family):
+    m = model(family).eval()
+    src = [5, 6, 7, 8, 9, 10]
+    opts = DecodingOptions(beam_size=1, max_length=12, max_length_ratio=0, min_length=12, no_repeat_ngram_size=2)
+    batch = batch_of([(src, [])])
+    (h,) = greedy_search(m, batch.src, batch.src_lengths, opts)[0]
+    assert len(h.tokens) == 12 and not has_repeated_ngram(h.tokens, 2)
+    # Step by step by teacher forcing: each token is the best one that neither repeats a
+    # bigram nor is <pad>/<bos>/<eos> (below the minimum length).
+    for t, token in enumerate(h.tokens):
+        prefix = collate([make_example(src, h.tokens[:t])], [0])
+        log_probs = m(prefix.src, prefix.src_lengths, prefix.tgt[:, :-1])[0, -1].clone()
+        log_probs[[PAD, BOS, EOS]] = -math.inf
+        for cand in range(log_probs.numel()):
+            if has_repeated_ngram(h.tokens[:t] + [cand], 2):
+                log_probs[cand] = -math.inf
+        assert token == int(log_probs.argmax())
+    assert h.log_prob == pytest.approx(scored(m, src, h.tokens), abs=1e-4)
+
+
+def test_a_sentence_left_without_allowed_tokens_gets_no_hypothesis():
+    # Outputs over {<unk>, 4, 5} with no token twice: the fourth token cannot be chosen,
+    # and <eos> is held back until 5 tokens.
+    torch.manual_seed(5)
+    m = build_model(ModelConfig(dropout=0.0, **dict(SMALL, src_vocab=6, tgt_vocab=6), **FAMILIES["bahdanau"])).eval()
+    batch = batch_of([([4, 5, 1, 4], [])])
+    for beam in (1, 3):
+        opts = DecodingOptions(beam_size=beam, min_length=5, max_length_ratio=0, no_repeat_ngram_size=1)
+        assert decode(m, batch.src, batch.src_lengths, opts) == [[]]
+        opts = DecodingOptions(beam_size=beam, min_length=3, max_length_ratio=0, no_repeat_ngram_size=1)
+        (h,) = decode(m, batch.src, batch.src_lengths, opts)[0]
+        assert sorted(h.tokens) == [UNK, 4, 5]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_beam_one_equals_greedy(family):
     m = model(family).eval()
@@ -149,6 +211,7 @@ def test_early_stop_off_searches_to_the_maximum():
     (dict(beam_size=2, n_best=3), "n_best=3 must be between 1 and beam_size=2"),
     (dict(length_penalty="wu"), "length_penalty='wu' is not valid"),
     (dict(max_length=0), "max_length must be >= 1"),
+    (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size must be >= 0, got -1"),
 ])
 def test_bad_options_are_named(bad, match):
     with pytest.raises(ValueError, match=match):

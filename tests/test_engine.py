@@ -2,6 +2,7 @@
 against pure-PyTorch references."""
 
 import json
+from dataclasses import replace
 import shutil
 import threading
 from pathlib import Path
@@ -422,11 +423,34 @@ def test_an_export_from_before_the_copy_field_loads_without_copy(exports, tmp_pa
     DecodingOptions(beam_size=3, min_length_ratio=1.0, max_length=6, max_length_ratio=0),
     DecodingOptions(beam_size=1, min_length=2, max_length=4),
     DecodingOptions(beam_size=6, n_best=6, length_penalty="gnmt", alpha=1.0, max_length=1),
-], ids=["average-no-early-stop", "min-ratio-max-abs", "greedy-limits", "max-length-1"])
+    DecodingOptions(beam_size=5, n_best=3, min_length=8, no_repeat_ngram_size=1),
+    DecodingOptions(beam_size=4, min_length=12, max_length=16, max_length_ratio=0, no_repeat_ngram_size=2),
+    DecodingOptions(beam_size=1, min_length=12, max_length=16, max_length_ratio=0, no_repeat_ngram_size=3),
+    DecodingOptions(beam_size=3, min_length=40, max_length=45, max_length_ratio=0, no_repeat_ngram_size=1),
+], ids=["average-no-early-stop", "min-ratio-max-abs", "greedy-limits", "max-length-1", "no-repeat-1", "no-repeat-2",
+        "greedy-no-repeat-3", "no-repeat-runs-out"])
 @pytest.mark.parametrize("family", ["luong-concat", "transformer-post"])
 def test_parity_under_length_options(exports, opts, family):
     sources = random_sources(10, seed=11)
     assert_same(Engine(exports[family]).translate_ids(sources, opts), Translator(exports[family]).decode_ids(sources, opts))
+
+
+def repeats(tokens, n):
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("family", ["lstm", "bahdanau", "transformer-pre", "transformer-copy"])
+def test_no_repeat_ngram_parity(exports, family):
+    engine, reference = Engine(exports[family]), Translator(exports[family])
+    sources = random_sources(12, seed=17)
+    free = DecodingOptions(beam_size=4, min_length=10, max_length=14, max_length_ratio=0)
+    assert any(repeats(h.tokens, 2) for hyps in engine.translate_ids(sources, free) for h in hyps)
+    for beam, n in ((1, 1), (1, 2), (4, 2), (4, 3), (6, 1)):
+        opts = replace(free, beam_size=beam, n_best=min(beam, 2), no_repeat_ngram_size=n)
+        got = engine.translate_ids(sources, opts)
+        assert_same(got, reference.decode_ids(sources, opts))
+        assert all(hyps for hyps in got) and not any(repeats(h.tokens, n) for hyps in got for h in hyps)
 
 
 @pytest.mark.parametrize("family", TRANSFORMERS)
@@ -458,7 +482,7 @@ BAD_OPTIONS = [dict(beam_size=0), dict(beam_size=257), dict(n_best=0), dict(beam
                dict(length_penalty="wu"), dict(length_penalty="it's"), dict(min_length=-1),
                dict(min_length_ratio=-0.5), dict(max_length_ratio=-100000.0), dict(max_length_extra=-2),
                dict(alpha=-1e-05), dict(alpha=float("nan")), dict(max_length_ratio=float("inf")),
-               dict(max_length=0)]
+               dict(max_length=0), dict(no_repeat_ngram_size=-3)]
 
 
 @pytest.mark.parametrize("bad", BAD_OPTIONS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))

@@ -139,6 +139,7 @@ DecodeOptions read_decoding(const std::string& path, const json& config) {
     else if (key == "min_length") integer(&opts.min_length);
     else if (key == "max_length") integer(&opts.max_length);
     else if (key == "max_length_extra") integer(&opts.max_length_extra);
+    else if (key == "no_repeat_ngram_size") integer(&opts.no_repeat_ngram_size);
     else if (key == "alpha") number(&opts.alpha);
     else if (key == "min_length_ratio") number(&opts.min_length_ratio);
     else if (key == "max_length_ratio") number(&opts.max_length_ratio);
@@ -151,7 +152,7 @@ DecodeOptions read_decoding(const std::string& path, const json& config) {
     } else {
       fail(path, "\"decoding\" has unknown field \"" + key + "\"; a model's decoding defaults may set beam_size, "
                  "n_best, length_penalty, alpha, min_length, min_length_ratio, max_length, max_length_ratio, "
-                 "max_length_extra, early_stop");
+                 "max_length_extra, early_stop, no_repeat_ngram_size");
     }
   }
   try {
