@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from seq2seq.config import DecodingOptions
 from tests.grpc_checks import assert_serving_and_reflected, self_signed_certificate
 from tests.exports import random_export, sentencepiece_tokenizer
 
@@ -45,10 +46,14 @@ def exports(tmp_path_factory):
     config = json.loads((exports["luong"] / "config.json").read_text())
     config["decoding"] = LUONG_DEFAULTS  # as `seq2seq export --beam-size 3 --length-penalty none` writes them
     (exports["luong"] / "config.json").write_text(json.dumps(config))
+    config = json.loads((exports["transformer"] / "config.json").read_text())
+    config["decoding"] = TRANSFORMER_DEFAULTS  # as `seq2seq export --no-repeat-ngram-size 2` writes them
+    (exports["transformer"] / "config.json").write_text(json.dumps(config))
     return exports
 
 
 LUONG_DEFAULTS = {"beam_size": 3, "length_penalty": "none"}
+TRANSFORMER_DEFAULTS = {"no_repeat_ngram_size": 2}
 
 
 def start_cpp(exports: dict, *extra, stderr=subprocess.DEVNULL):
@@ -165,6 +170,17 @@ def test_the_exports_decoding_defaults_fill_the_options_a_request_leaves_out(ser
         assert any(t.hypotheses[0].score != t.hypotheses[0].log_prob for t in gnmt.translations)
         answers.append(plain)
     assert answers[0] == answers[1]
+
+
+def test_an_exports_no_repeat_ngram_default_is_served(servers, exports):
+    from seq2seq.engine import Engine
+
+    engine = Engine(exports["transformer"])
+    blocked = [t[0].text for t in engine.translate(SENTENCES, DecodingOptions(**TRANSFORMER_DEFAULTS))]
+    assert blocked != [t[0].text for t in engine.translate(SENTENCES, DecodingOptions())]
+    for stub in servers[:2]:
+        got = stub.Translate(pb.TranslateRequest(model="transformer", sentences=SENTENCES), timeout=60)
+        assert [t.hypotheses[0].text for t in got.translations] == blocked
 
 
 def test_defaults_over_the_servers_limits_stop_it_before_it_serves(exports, tmp_path):
