@@ -128,6 +128,7 @@ DecodeOptions plain(int64_t beam, int64_t n_best = 1) {
   o.max_length_extra = 0;
   o.early_stop = true;
   o.return_attention = false;
+  o.no_repeat_ngram_size = 0;
   return o;
 }
 
@@ -526,6 +527,34 @@ TEST(Search, ExhaustiveBeamMatchesBruteForceEnumeration) {
   }
 }
 
+TEST(Search, NoRepeatNgramTakesTheNextTokenWithoutRenormalizing) {
+  // A 0.5, B 0.3, <eos> 0.2 after every prefix. Free, greedy repeats A to the maximum; with
+  // no token twice it takes A, then B at its own 0.3 (not 0.3 / 0.5), then <eos>.
+  ScriptedModel model(always({{kA, 0.5}, {kB, 0.3}, {kEos, 0.2}}));
+  auto o = plain(1);
+  o.max_length = 4;
+  EXPECT_EQ(decode(model, kOneSource, o)[0][0].tokens, std::vector<int64_t>({kA, kA, kA, kA}));
+  o.no_repeat_ngram_size = 1;
+  const auto greedy = decode(model, kOneSource, o)[0][0];
+  EXPECT_EQ(greedy.tokens, std::vector<int64_t>({kA, kB}));
+  EXPECT_NEAR(greedy.log_prob, log_of({0.5, 0.3, 0.2}), kTol);
+
+  // Beam 2: after <bos> the beams are A and B (<eos> ranks third); then BA and AB tie at
+  // 0.15 (BA first: its new token has the lower id) ahead of A<eos> at 0.1; then only
+  // <eos> is left to either, and both end.
+  o = plain(2, 2);
+  o.no_repeat_ngram_size = 1;
+  const auto beam = decode(model, kOneSource, o)[0];
+  EXPECT_EQ(tokens_of(beam), Tokens({{kB, kA}, {kA, kB}}));
+  for (const auto& h : beam) EXPECT_NEAR(h.log_prob, log_of({0.5, 0.3, 0.2}), kTol);
+
+  // Bigrams: A A, then B (A would repeat "A A"), A, and then both A ("A A") and B ("A B")
+  // would repeat a pair: <eos>.
+  o = plain(1);
+  o.no_repeat_ngram_size = 2;
+  EXPECT_EQ(decode(model, kOneSource, o)[0][0].tokens, std::vector<int64_t>({kA, kA, kB, kA}));
+}
+
 TEST(Search, BatchGivesEachSentenceItsResultAlone) {
   const std::vector<std::vector<int64_t>> sources = {{5, 6, 7, 8}, {9}, {4, 4, 4, 4, 4, 4, 4}, {6, 7}};
   ScriptedModel model(hashed);
@@ -635,6 +664,8 @@ TEST(Search, ValidateOptionsNamesTheBadOption) {
   message([](DecodeOptions& o) { o.max_length_ratio = std::numeric_limits<double>::infinity(); },
           "DecodingOptions.max_length_ratio must be a finite number, got inf");
   message([](DecodeOptions& o) { o.max_length = 0; }, "DecodingOptions.max_length must be >= 1, got 0");
+  message([](DecodeOptions& o) { o.no_repeat_ngram_size = -2; },
+          "DecodingOptions.no_repeat_ngram_size must be >= 0, got -2");
   EXPECT_NO_THROW(validate_options(plain(2, 2)));
 
   // decode() checks the options before anything else.
