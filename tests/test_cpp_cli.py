@@ -82,12 +82,17 @@ def test_the_exports_decoding_defaults_apply_unless_a_flag_is_given(export, tmp_
     engine = Engine(export)
     for flags, opts in [([], DecodingOptions(beam_size=2, length_penalty="none")),
                         (["--length-penalty", "gnmt", "--alpha", "1.5"],
-                         DecodingOptions(beam_size=2, length_penalty="gnmt", alpha=1.5))]:
+                         DecodingOptions(beam_size=2, length_penalty="gnmt", alpha=1.5)),
+                        (["--no-repeat-ngram-size", "1", "--max-length", "60"],
+                         DecodingOptions(beam_size=2, length_penalty="none", no_repeat_ngram_size=1, max_length=60))]:
         done = run([with_defaults, "--scores", *flags], "ein Mann\n")
         assert done.returncode == 0, done.stderr
         best = engine.translate(["ein Mann"], opts)[0][0]
         score, _, text = done.stdout.rstrip("\n").partition("\t")
         assert float(score) == pytest.approx(best.score, abs=1e-4) and text == best.text.replace("\n", " ")
+    # The random model repeats tokens, so the rule has something to block:
+    free = engine.translate(["ein Mann"], DecodingOptions(beam_size=2, length_penalty="none", max_length=60))[0][0]
+    assert len(set(free.tokens)) < len(free.tokens) and best.tokens != free.tokens
     config["decoding"] = {"alpha": -1}
     (with_defaults / "config.json").write_text(json.dumps(config))
     done = run([with_defaults], "ein Mann\n")

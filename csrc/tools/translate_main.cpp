@@ -2,7 +2,8 @@
 // with the C++ engine on an export directory and SentencePiece's C++ library; no Python.
 //
 //   seq2seq-translate EXPORT_DIR [--beam-size 5] [--threads 0] [--compute-type float32|int8|bfloat16]
-//                     [--batch 32] [--max-length 256] [--length-penalty gnmt] [--alpha 0.6] [--scores]
+//                     [--batch 32] [--max-length 256] [--length-penalty gnmt] [--alpha 0.6]
+//                     [--no-repeat-ngram-size 0] [--scores]
 //
 // Decoding options not given are the export's decoding defaults (seq2seq export --alpha ...),
 // else DecodeOptions' own.
@@ -24,7 +25,7 @@ constexpr size_t kMaxSourceTokens = 1024;  // as the Python Engine's max_source_
 const char* kUsage =
     "usage: seq2seq-translate EXPORT_DIR [--beam-size N] [--threads N] [--compute-type float32|int8|bfloat16]\n"
     "                         [--batch N] [--max-length N] [--length-penalty none|gnmt|average] [--alpha A]\n"
-    "                         [--scores]\n"
+    "                         [--no-repeat-ngram-size N] [--scores]\n"
     "Reads sentences from stdin, one per line, and writes one translation per line. Decoding options not\n"
     "given are the export's defaults (seq2seq export --alpha ...).\n";
 
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
       else if (flag == "--max-length") opts.max_length = parse_integer(flag, value);
       else if (flag == "--length-penalty") opts.length_penalty = value;
       else if (flag == "--alpha") opts.alpha = parse_number(flag, value);
+      else if (flag == "--no-repeat-ngram-size") opts.no_repeat_ngram_size = parse_integer(flag, value);
       else if (flag == "--compute-type") compute_type = value;
       else throw std::invalid_argument("unknown option " + flag + "\n" + kUsage);
     }
