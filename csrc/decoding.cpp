@@ -200,21 +200,16 @@ Results greedy_search(const Model& model, const std::vector<std::vector<int64_t>
       }
     }
     if (next_live.empty()) break;
-    if (count > 1) {  // the chosen candidates are not one column: gather them on the host
-      log_prob = at::tensor(at::ArrayRef<float>(next_log_prob), at::kFloat).to(model.options.device());
-      if (keep.size() != live.size()) {
-        auto k = ids_tensor(keep, model);
-        reorder(state, k);
-        if (history.defined()) history = history.index_select(0, k);
-      }
-    } else if (keep.size() != live.size()) {  // finished sentences leave the batch
-      auto k = ids_tensor(keep, model);
+    at::Tensor k;
+    if (keep.size() != live.size()) {  // finished sentences leave the batch
+      k = ids_tensor(keep, model);
       reorder(state, k);
-      log_prob = best_t.view({-1}).index_select(0, k);
       if (history.defined()) history = history.index_select(0, k);
-    } else {
-      log_prob = best_t.view({-1});
     }
+    if (count > 1)  // the chosen candidates are not one column: gathered on the host
+      log_prob = at::tensor(at::ArrayRef<float>(next_log_prob), at::kFloat).to(model.options.device());
+    else
+      log_prob = k.defined() ? best_t.view({-1}).index_select(0, k) : best_t.view({-1});
     live = std::move(next_live);
     tokens = std::move(next_tokens);
     prev = ids_tensor(next_prev, model);
