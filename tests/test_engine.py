@@ -451,6 +451,11 @@ def test_no_repeat_ngram_parity(exports, family):
         got = engine.translate_ids(sources, opts)
         assert_same(got, reference.decode_ids(sources, opts))
         assert all(hyps for hyps in got) and not any(repeats(h.tokens, n) for hyps in got for h in hyps)
+    # An output may use 20 tokens (<unk> and ids 4-22 of 23): 40 distinct ones before <eos>
+    # is allowed are impossible, so no sentence has a result, in either decoder.
+    for beam in (1, 3):
+        stuck = DecodingOptions(beam_size=beam, min_length=40, max_length=45, max_length_ratio=0, no_repeat_ngram_size=1)
+        assert engine.translate_ids(sources, stuck) == [[]] * len(sources) == reference.decode_ids(sources, stuck)
 
 
 @pytest.mark.parametrize("family", TRANSFORMERS)
