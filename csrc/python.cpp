@@ -31,6 +31,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("validate_options", &validate_options, py::arg("options"),
         "Raises ValueError with seq2seq.config.validate_decoding_options' message for bad options");
   m.attr("MAX_BEAM") = kMaxBeam;
+#ifndef SEQ2SEQ_BUILD_ARCH
+#define SEQ2SEQ_BUILD_ARCH "native"
+#endif
+  m.attr("BUILD_ARCH") = SEQ2SEQ_BUILD_ARCH;  // the -march its kernels were compiled for (setup.py)
+#ifdef SEQ2SEQ_CUDA
+  m.attr("CUDA_KERNELS") = true;  // ops/cuda/ compiled in: CUDA tensors run them
+#else
+  m.attr("CUDA_KERNELS") = false;  // CUDA tensors, if any, run the ops' ATen implementations
+#endif
+  // The ATen implementations of the ops (ops/reference.cpp), callable on CPU tensors, where
+  // torch.ops.seq2seq.* runs the CPU kernels: tests compare the two.
+  auto reference = m.def_submodule("reference", "the ops in ATen operators, as a device without kernels runs them");
+  reference.def("attention", &reference::attention);
+  reference.def("multi_head_attention", &reference::multi_head_attention);
+  reference.def("add_layer_norm", &reference::add_layer_norm);
+  reference.def("beam_candidates", [](const at::Tensor& logits, const at::Tensor& row_scores, const at::Tensor& eos_rule,
+                                      std::vector<int64_t> banned, int64_t eos, int64_t group, int64_t count) {
+    return reference::beam_candidates(logits, row_scores, eos_rule, banned, eos, group, count);
+  });
   m.def("int8_activation_bits", &int8_activation_bits,
         "8 where the CPU has int8 dot-product instructions (AVX-512 VNNI), else 7: FBGEMM's 16-bit sums");
   py::class_<Hypothesis>(m, "Hypothesis")
@@ -39,9 +58,12 @@ PYBIND11_MODULE(_C, m) {
       .def_readonly("log_prob", &Hypothesis::log_prob)
       .def_readonly("attention", &Hypothesis::attention);
   py::class_<Engine>(m, "Engine")
-      .def(py::init<const std::string&, int64_t, const std::string&>(), py::arg("export_dir"), py::arg("threads") = 0,
-           py::arg("compute_type") = "float32", py::call_guard<py::gil_scoped_release>())
+      .def(py::init<const std::string&, int64_t, const std::string&, const std::string&, const std::string&>(),
+           py::arg("export_dir"), py::arg("threads") = 0, py::arg("compute_type") = "float32",
+           py::arg("ops") = "device", py::arg("device") = "cpu", py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("compute_type", &Engine::compute_type)
+      .def_property_readonly("ops", &Engine::ops)
+      .def_property_readonly("device", &Engine::device)
       .def_property_readonly("family", [](const Engine& e) { return e.model().family; })
       .def_property_readonly("source_vocabulary", [](const Engine& e) { return e.model().source_vocabulary; })
       .def_property_readonly("target_vocabulary", [](const Engine& e) { return e.model().target_vocabulary; })

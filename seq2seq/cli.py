@@ -224,7 +224,7 @@ def load_backend(backend: str, model: str, device: str, threads: int, folder: Pa
 
     if not is_export(model):
         model = export(model, folder / "export")
-    return Engine(model, threads=threads, compute_type=compute_type)
+    return Engine(model, device=device, threads=threads, compute_type=compute_type)
 
 
 def cmd_evaluate(args) -> int:
@@ -312,7 +312,7 @@ def cmd_plot_attention(args) -> int:
     return 0
 
 
-def ctranslate2_backends(model: str, types: list[str], threads: int, folder: Path) -> dict:
+def ctranslate2_backends(model: str, types: list[str], threads: int, folder: Path, device: str = "cpu") -> dict:
     """CTranslate2 on the export converted per compute type it has (float32, int8), with one
     intra-op thread and with `threads`: which is faster at batch 1 depends on the machine
     (docs/bench.md), and the ratios take the faster."""
@@ -325,10 +325,10 @@ def ctranslate2_backends(model: str, types: list[str], threads: int, folder: Pat
     backends = {}
     for t in [t for t in types if t in ("float32", "int8")]:
         out = convert_to_ctranslate2(model, folder / f"ctranslate2-{t}", quantization=t)
-        for n in sorted({1, threads}):
+        for n in sorted({1, threads}) if device == "cpu" else [1]:
             # exact_scores=False: the search alone, as the engine's timings are
-            backends[f"ct2 {t} {n}t"] = Isolated(CTranslate2Decoder, model_dir=out, compute_type=t, intra_threads=n,
-                                                 exact_scores=False)
+            backends[f"ct2 {t} {n}t"] = Isolated(CTranslate2Decoder, model_dir=out, device=device, compute_type=t,
+                                                 intra_threads=n, exact_scores=False)
     return backends
 
 
@@ -353,7 +353,7 @@ def cmd_bench(args) -> int:
     translators = {}
     with tempfile.TemporaryDirectory() as tmp:
         # The reference encodes the sentences and gives the model the limit lines count.
-        first = load_backend("python", args.model, "cpu", args.threads, Path(tmp))
+        first = load_backend("python", args.model, args.device, args.threads, Path(tmp))
         if args.backend in ("cpp", "both"):
             model_dir = args.model if is_export(args.model) else str(export(args.model, Path(tmp) / "export"))
             for t in types:
@@ -362,12 +362,13 @@ def cmd_bench(args) -> int:
                 # The type in the name whenever it is not float32: the limit lines and the
                 # CTranslate2 ratio read it from there.
                 name = "cpp" if types == ["float32"] else f"cpp {t}"
-                translators[name] = bench.Isolated(load_backend, backend="cpp", model=model_dir, device="cpu",
+                translators[name] = bench.Isolated(load_backend, backend="cpp", model=model_dir, device=args.device,
                                                    threads=args.threads, folder=Path(tmp) / t, compute_type=t)
         if args.backend in ("python", "both"):
             translators["python"] = first
         if args.against == "ctranslate2":
-            translators.update(ctranslate2_backends(args.model, types, torch.get_num_threads(), Path(tmp)))
+            translators.update(ctranslate2_backends(args.model, types, torch.get_num_threads(), Path(tmp),
+                                                    torch.device(args.device).type))
         if args.input:
             split = args.input
             texts = read_sources(args)[: args.sentences]
@@ -766,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", type=int, default=1000, help="how many (default 1000)")
     p.add_argument("--cases", default="greedy:1,greedy:64,beam5:1,beam5:32", help="SEARCH:BATCH list, SEARCH greedy or beamK")
     p.add_argument("--backend", choices=("python", "cpp", "both"), default="both")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the engine and the Python reference run")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both (0: torch's default)")
     p.add_argument("--compute-type", default="float32,int8",
                    help="the engine's, comma-separated: float32, int8, bfloat16")

@@ -59,11 +59,28 @@ def extension():
     return _C
 
 
+def build_summary() -> str:
+    """Which CPU, which instruction sets torch runs at, and which engine build: numbers that
+    differ by CPU are read against this line (make test prints it)."""
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), "unknown") if cpuinfo.exists() else "unknown"
+    try:
+        _C = extension()
+        engine = (f"engine {_C.__file__} (built for {_C.BUILD_ARCH}, CUDA kernels {'in' if _C.CUDA_KERNELS else 'not'} "
+                  f"built), int8 activations of {_C.int8_activation_bits()} bits")
+    except ImportError as e:
+        engine = str(e)
+    return f"CPU {cpu}; torch {torch.__version__}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}; {engine}"
+
+
 class Engine(TextTranslator):
     def __init__(self, export_dir: str | Path, device: str = "cpu", threads: int = 0,
-                 compute_type: str = "float32", max_source_tokens: int = 1024):
-        if torch.device(device).type != "cpu":
-            raise ValueError(f"device {device!r}: the engine runs on the CPU; use device='cpu'")
+                 compute_type: str = "float32", max_source_tokens: int = 1024, ops: str = "device"):
+        """ops: "device" runs the device's own kernels; "reference" the ops' ATen implementations
+        (csrc/ops/reference.cpp, what a device without kernels runs), which give the same tokens."""
         if compute_type not in COMPUTE_TYPES:
             raise ValueError(f"compute_type {compute_type!r} is not available; choose from {COMPUTE_TYPES}")
         if not isinstance(threads, int) or threads < 0:
@@ -77,12 +94,12 @@ class Engine(TextTranslator):
                               f"this is a {cfg.family} model: translate it with the Python reference "
                               "(seq2seq translate --model DIR, or --backend python)")
         try:
-            self._engine = extension().Engine(str(exp.path), threads, compute_type)
+            self._engine = extension().Engine(str(exp.path), threads, compute_type, ops, str(device))
         except (ValueError, RuntimeError) as e:
             raise ExportError(f"{exp.path}: {e}") from None
         self.export, self.model_cfg, self.data_cfg, self.tokenizer = exp, cfg, exp.data_cfg, exp.tokenizer
         self.compute_type, self.threads, self.max_source_tokens = compute_type, threads, max_source_tokens
-        self.device = torch.device("cpu")
+        self.device = torch.device(self._engine.device)
         self.checkpoint = {"path": str(exp.path)}
         self._model = None
 

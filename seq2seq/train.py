@@ -345,6 +345,9 @@ def train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, 
         f"{f' x {workers.world} processes' if workers.world > 1 else ''}; "
         f"{len(data.splits['train']):,} training pairs, vocab {model_cfg.src_vocab:,}/{model_cfg.tgt_vocab:,}")
 
+    if train_cfg.bf16 and device.type != "cuda":
+        # CPU autocast is not offered: oneDNN has no bfloat16 LSTM/GRU on AVX2-only CPUs.
+        log(f"note: --bf16 autocasts on CUDA only; on {device} training runs in float32")
     metrics_log = open(out / "metrics.jsonl", "a") if workers.main else None
     board = tensorboard_writer(train_cfg, out, log) if workers.main else None
     higher_is_better = train_cfg.early_stop_metric in ("val_token_acc", "val_bleu")

@@ -6,6 +6,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_report_header(config):
+    from seq2seq.engine import build_summary
+
+    return build_summary()
+
+
 def shared_data_dir() -> Path | None:
     for candidate in (os.environ.get("SEQ2SEQ_DATA"), REPO.parent / "shared" / "data"):
         if candidate and (Path(candidate) / "multi30k").is_dir():

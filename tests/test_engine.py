@@ -128,9 +128,9 @@ def test_add_layer_norm_errors_are_clear():
     x, w = torch.randn(2, 8), torch.ones(8)
     with pytest.raises(ValueError, match=r"weight and bias must hold x's last dimension \(8\) values"):
         torch.ops.seq2seq.add_layer_norm(x, None, torch.ones(7), w, 1e-5)
-    with pytest.raises(ValueError, match="residual must be a float32 CPU tensor of x's shape"):
+    with pytest.raises(ValueError, match="residual must be a float32 tensor of x's shape"):
         torch.ops.seq2seq.add_layer_norm(x, torch.randn(2, 7), w, w, 1e-5)
-    with pytest.raises(ValueError, match="x must be a float32 CPU tensor"):
+    with pytest.raises(ValueError, match="x must be a float32 tensor"):
         torch.ops.seq2seq.add_layer_norm(x.double(), None, w, w, 1e-5)
 
 
@@ -591,8 +591,6 @@ def test_engine_refuses_what_it_cannot_run(exports, tmp_path):
         Engine(exports["lstm"], compute_type="float16")
     with pytest.raises(ValueError, match="threads"):
         Engine(exports["lstm"], threads=-1)
-    with pytest.raises(ValueError, match="runs on the CPU"):
-        Engine(exports["lstm"], device="cuda")
 
 
 TRAINED_FAMILIES = {
@@ -676,12 +674,28 @@ def test_lower_precision_follows_the_reference_with_rounded_weights(exports, fam
         # A wrong conversion or gate agrees on next to nothing; rounding leaves most identical.
         least = 32 if compute_type == "bfloat16" else int8_agreement() * 40
         assert len(same) >= least, f"beam {beam}: {len(same)} of {len(sources)} identical"
-        # bfloat16 keeps 8 bits of each activation, int8 7 or 8: the error grows with the logits' size.
-        rel = 1e-2
         for i in same:
-            # int8: each bit of the activations fewer doubles their rounding error.
-            tol = 0.1 if compute_type == "bfloat16" else 0.1 * 2 ** (8 - extension().int8_activation_bits())
-            assert ours[i][0].log_prob == pytest.approx(theirs[i][0].log_prob, abs=tol, rel=rel)
+            tol = rounding_tolerance(compute_type, theirs[i][0].log_prob)
+            assert ours[i][0].log_prob == pytest.approx(theirs[i][0].log_prob, abs=tol), f"beam {beam}, sentence {i}"
+
+
+def activation_step(compute_type: str) -> float:
+    """The relative rounding step of the activations the engine multiplies by: bfloat16 keeps
+    8 significant bits (2^-8); int8 maps each activation's range onto 2^(bits-1) - 1 levels
+    a side, with the bits this CPU's int8 path uses (8, or 7 without VNNI)."""
+    if compute_type == "bfloat16":
+        return 2.0 ** -8
+    return 1.0 / (2 ** (extension().int8_activation_bits() - 1) - 1)
+
+
+def rounding_tolerance(compute_type: str, log_prob: float) -> float:
+    """How far a hypothesis' log-probability may move when every product's activations are
+    rounded to `activation_step`: each step's logits move in proportion to their size, so
+    the sum moves in proportion to |log_prob| (the 1 covers a log-probability near 0). The
+    largest error measured over the families of this test, on an AVX2 EPYC, was 1.5 steps x
+    (|log_prob| + 1) with 7-bit int8 and 1.7 with bfloat16; the factor 4 leaves more than
+    twice that for other CPUs' summation orders. A wrong conversion moves scores by whole units."""
+    return 4 * activation_step(compute_type) * (abs(log_prob) + 1)
 
 
 def test_int8_engine_is_batch_invariant_and_reports_its_type(exports):

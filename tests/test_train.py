@@ -94,6 +94,14 @@ def test_resume_warns_about_ignored_model_settings(tmp_path):
     assert any("ignored: hidden=48 (checkpoint: 32)" in line for line in lines)
 
 
+def test_bf16_on_the_cpu_says_it_trains_in_float32(tmp_path):
+    data_cfg, model_cfg, train_cfg = load_recipe(None, TINY + [f"--out_dir={tmp_path}", "--epochs=1", "--bf16=true",
+                                                               "--device=cpu"])
+    lines = []
+    train(data_cfg, model_cfg, train_cfg, log=lines.append, progress=False)
+    assert any("--bf16 autocasts on CUDA only; on cpu training runs in float32" in line for line in lines)
+
+
 def test_two_process_torchrun_matches_one_process(tmp_path):
     """Data-parallel training on CPU (gloo): the same global batches give the same losses."""
     import subprocess

@@ -37,6 +37,12 @@ std::string compute_type_name(ComputeType type) {
 Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
     : type_(type), out_(weight.size(0)), in_(weight.size(1)) {
   bias_ = bias.defined() ? bias.contiguous() : bias;
+  if (!weight.device().is_cpu()) {
+    check(type != ComputeType::Int8, "compute_type int8 runs on the CPU only; on " + weight.device().str() +
+                                         " use float32 or bfloat16");
+    device_weight_ = (type == ComputeType::BFloat16 ? weight.to(at::kBFloat16) : weight).contiguous();
+    return;
+  }
   switch (type) {
     case ComputeType::Int8:
       int8_ = pack_int8(weight, bias_.defined() ? std::optional<at::Tensor>(bias_) : std::nullopt);
@@ -75,6 +81,16 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
 
 at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
   at::Tensor y;
+  if (device_weight_.defined()) {
+    // bfloat16 as on the CPU: bfloat16 inputs and outputs, float32 sums, the bias added in float32.
+    // float32 as nn.Linear computes it, the parity reference.
+    if (type_ != ComputeType::BFloat16) y = at::linear(x, device_weight_, bias_);
+    else {
+      y = at::linear(x.to(at::kBFloat16), device_weight_).to(at::kFloat);
+      if (bias_.defined()) y.add_(bias_);
+    }
+    return relu ? y.relu_() : y;
+  }
   switch (type_) {
     case ComputeType::Int8:
       y = int8_rows_.defined() && x.size(0) <= kInt8FewRows ? linear_int8_rows(x, int8_rows_, bias_)
@@ -143,7 +159,7 @@ at::Tensor WeightReader::get(const std::string& name, const std::vector<int64_t>
   check(t.sizes() == at::IntArrayRef(shape),
         "tensor " + name + " has shape " + shape_str(t.sizes().vec()) + ", the model needs " + shape_str(shape));
   used_.insert(name);
-  return t.contiguous();
+  return t.to(device_).contiguous();
 }
 
 Dense WeightReader::dense(const std::string& weight, const std::string& bias, int64_t out, int64_t in,

@@ -23,7 +23,9 @@ std::string compute_type_name(ComputeType type);
 class Dense {
  public:
   Dense() = default;
-  // weight (out, in) in any memory layout, bias (out) or undefined; float32.
+  // weight (out, in) in any memory layout, bias (out) or undefined; float32. On the CPU the
+  // products are this project's kernels and the libraries' (ops/cpu/linear.cpp); on another
+  // device ATen's (cuBLAS on CUDA): float32, or bfloat16 inputs and outputs with float32 sums.
   Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type);
   // x (rows, in) float32 -> (rows, out) float32: x @ weight.T + bias.
   at::Tensor operator()(const at::Tensor& x) const { return apply(x, false); }
@@ -43,6 +45,7 @@ class Dense {
   at::Tensor wt_, bias_, onednn_;  // float32 (and bfloat16 without oneDNN's bf16): (in, out) for MKL,
                                    // and oneDNN's packed layout
   at::Tensor bf16_;                // bfloat16: oneDNN's packed bf16 layout, where the CPU has it
+  at::Tensor device_weight_;       // off the CPU: (out, in) in the compute type, for at::linear
   Panels panels_;                  // float32 (and bfloat16 without its own kernel): for a few rows
   Panels bf16_panels_;             // bfloat16: the same weights for a few rows (AVX2 CPUs and up)
   bool bf16_onednn_ = false;
@@ -55,17 +58,19 @@ using Weights = std::map<std::string, at::Tensor>;
 // Hands out named tensors of the expected shape, and at the end says whether any went unused.
 class WeightReader {
  public:
-  explicit WeightReader(const Weights& weights) : weights_(weights) {}
-  // A float32 tensor of this exact shape, contiguous.
+  WeightReader(const Weights& weights, const at::Device& device) : weights_(weights), device_(device) {}
+  // A float32 tensor of this exact shape, contiguous, on the model's device.
   at::Tensor get(const std::string& name, const std::vector<int64_t>& shape);
   // A matrix (out, in) and an optional bias as a Dense in the given compute type.
   Dense dense(const std::string& weight, const std::string& bias, int64_t out, int64_t in, ComputeType type);
   bool has(const std::string& name) const { return weights_.count(name) > 0; }
   // Throws when the weights hold tensors this model never asked for.
   void check_all_used() const;
+  const at::Device& device() const { return device_; }
 
  private:
   const Weights& weights_;
+  at::Device device_;
   std::set<std::string> used_;
 };
 

@@ -61,8 +61,24 @@ void check_model_config(const nlohmann::json& m) {
   }
 }
 
+std::pair<at::Tensor, at::Tensor> source_ids(const std::vector<std::vector<int64_t>>& sources) {
+  const int64_t N = static_cast<int64_t>(sources.size());
+  int64_t S = 0;
+  for (const auto& s : sources) S = std::max<int64_t>(S, static_cast<int64_t>(s.size()) + 1);
+  auto src = at::full({N, S}, kPad, at::kLong);
+  auto lengths = at::empty({N}, at::kLong);
+  auto* ids = src.data_ptr<int64_t>();
+  auto* len = lengths.data_ptr<int64_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    std::copy(sources[n].begin(), sources[n].end(), ids + n * S);
+    ids[n * S + sources[n].size()] = kEos;
+    len[n] = static_cast<int64_t>(sources[n].size()) + 1;
+  }
+  return {src, lengths};
+}
+
 std::unique_ptr<Model> create_model(const std::string& model_config_json, const Weights& weights,
-                                    ComputeType compute_type) {
+                                    ComputeType compute_type, const at::Device& device) {
   json m;
   try {
     m = json::parse(model_config_json);
@@ -81,7 +97,10 @@ std::unique_ptr<Model> create_model(const std::string& model_config_json, const 
                 field<int64_t>(m, "attention_dim"), field<bool>(m, "bidirectional"), field<bool>(m, "context_feed"),
                 field<bool>(m, "input_feed"), m.value("copy", false)};
     check(!c.copy || family == "attention", "model.copy needs family attention or transformer, not " + family);
-    return create_rnn(c, weights, compute_type);
+    WeightReader reader(weights, device);
+    auto model = create_rnn(c, reader, compute_type);
+    model->options = model->options.device(device);
+    return model;
   }
   if (family == "transformer") {
     const auto norm = field<std::string>(m, "norm"), positions = field<std::string>(m, "positions");
@@ -92,7 +111,10 @@ std::unique_ptr<Model> create_model(const std::string& model_config_json, const 
                         field<int64_t>(m, "ff_dim"), field<int64_t>(m, "enc_layers"), field<int64_t>(m, "dec_layers"),
                         field<int64_t>(m, "max_positions"), norm == "pre", positions == "learned",
                         field<bool>(m, "tie_embeddings"), m.value("copy", false)};
-    return create_transformer(c, weights, compute_type);
+    WeightReader reader(weights, device);
+    auto model = create_transformer(c, reader, compute_type);
+    model->options = model->options.device(device);
+    return model;
   }
   throw std::invalid_argument("model.family must be rnn, attention or transformer, not " + family);
 }

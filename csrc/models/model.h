@@ -54,20 +54,25 @@ class Model {
 
   std::string family;
   int64_t source_vocabulary = 0, target_vocabulary = 0;
-  at::TensorOptions options = at::TensorOptions().dtype(at::kFloat);  // the weights' device
+  at::TensorOptions options = at::TensorOptions().dtype(at::kFloat);  // float32 on the weights' device
 };
 
 // The model a config.json "model" object describes (every field of seq2seq.config.ModelConfig,
-// no more and no fewer), built from its state_dict tensors: the only place that reads the
-// model configuration. Throws std::invalid_argument naming a bad field or tensor.
+// no more and no fewer), built from its state_dict tensors (on the host), its weights moved
+// to `device` once: the only place that reads the model configuration. Throws
+// std::invalid_argument naming a bad field or tensor.
 std::unique_ptr<Model> create_model(const std::string& model_config_json, const Weights& weights,
-                                    ComputeType compute_type);
+                                    ComputeType compute_type, const at::Device& device = at::kCPU);
 // What create_model checks first: every field present, known and of its type; else
 // std::invalid_argument naming the field (io/export_reader.cpp adds the file).
 void check_model_config(const nlohmann::json& model);
 // A config.json field of the wrong type, in seq2seq/export.py's words:
 // "model.hidden" must be an integer, not "256"; correct it, or export the checkpoint again ...
 std::string json_type_error(const std::string& where, const nlohmann::json& value, const char* kind);
+
+// The sources as the encoders read them, on the host: ids (N, S) padded with <pad>, each
+// followed by <eos>, and lengths (N) counting the <eos>.
+std::pair<at::Tensor, at::Tensor> source_ids(const std::vector<std::vector<int64_t>>& sources);
 
 // The pointer-generator's step distribution (seq2seq/models.py copy_mixture), models/copy.cpp:
 // log(p_gen P_vocab + (1 - p_gen) P_copy) with p_gen = sigmoid(gate) (rows, 1), P_vocab the
@@ -83,13 +88,13 @@ struct RnnConfig {
   bool bidirectional, context_feed, input_feed;
   bool copy;  // attention: the pointer-generator of seq2seq/models.py (copy_mixture)
 };
-std::unique_ptr<Model> create_rnn(const RnnConfig& cfg, const Weights& weights, ComputeType type);
+std::unique_ptr<Model> create_rnn(const RnnConfig& cfg, WeightReader& weights, ComputeType type);
 
 struct TransformerConfig {
   int64_t src_vocab, tgt_vocab, d_model, heads, ff_dim, enc_layers, dec_layers, max_positions;
   bool pre_norm, learned_positions, tie_embeddings;
   bool copy;  // the pointer-generator over the last layer's cross-attention, its heads averaged
 };
-std::unique_ptr<Model> create_transformer(const TransformerConfig& cfg, const Weights& weights, ComputeType type);
+std::unique_ptr<Model> create_transformer(const TransformerConfig& cfg, WeightReader& weights, ComputeType type);
 
 }  // namespace seq2seq

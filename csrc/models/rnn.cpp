@@ -16,7 +16,7 @@ namespace {
 
 class RnnModel : public Model {
  public:
-  RnnModel(const RnnConfig& cfg, const Weights& weights, ComputeType type);
+  RnnModel(const RnnConfig& cfg, WeightReader& w, ComputeType type);
   State encode(const std::vector<std::vector<int64_t>>& sources) const override;
   Step step(int64_t step, const at::Tensor& previous, State& state) const override;
 
@@ -33,7 +33,7 @@ class RnnModel : public Model {
   std::vector<Layer> dec_;
 };
 
-RnnModel::RnnModel(const RnnConfig& s, const Weights& weights, ComputeType type) : cfg_(s) {
+RnnModel::RnnModel(const RnnConfig& s, WeightReader& w, ComputeType type) : cfg_(s) {
   check(s.cell == "lstm" || s.cell == "gru", "model.cell must be lstm or gru, not " + s.cell);
   check(s.attention == "bahdanau" || s.attention == "dot" || s.attention == "general" || s.attention == "concat",
         "model.attention must be bahdanau, dot, general or concat, not " + s.attention);
@@ -42,7 +42,6 @@ RnnModel::RnnModel(const RnnConfig& s, const Weights& weights, ComputeType type)
   family = s.family;
   source_vocabulary = s.src_vocab;
   target_vocabulary = s.tgt_vocab;
-  WeightReader w(weights);
   lstm_ = s.cell == "lstm";
   const bool attn = s.family == "attention";
   luong_ = attn && s.attention != "bahdanau";
@@ -95,25 +94,19 @@ RnnModel::RnnModel(const RnnConfig& s, const Weights& weights, ComputeType type)
 
 State RnnModel::encode(const std::vector<std::vector<int64_t>>& sources) const {
   const int64_t N = static_cast<int64_t>(sources.size());
-  int64_t S = 0;
-  for (const auto& s : sources) S = std::max<int64_t>(S, static_cast<int64_t>(s.size()) + 1);
-  auto src = at::full({N, S}, kPad, at::kLong);
-  auto lengths = at::empty({N}, at::kLong);
-  auto* ids = src.data_ptr<int64_t>();
-  auto* len = lengths.data_ptr<int64_t>();
-  for (int64_t n = 0; n < N; ++n) {
-    std::copy(sources[n].begin(), sources[n].end(), ids + n * S);
-    ids[n * S + sources[n].size()] = kEos;
-    len[n] = static_cast<int64_t>(sources[n].size()) + 1;
-  }
-  // Packed sequences, as nn.LSTM/GRU see them in the encoder: sorted longest first.
-  auto sorted = lengths.sort(0, /*descending=*/true);
+  const auto [host_src, host_lengths] = source_ids(sources);
+  const auto device = options.device();
+  const auto src = host_src.to(device), lengths = host_lengths.to(device);
+  const int64_t S = src.size(1);
+  // Packed sequences, as nn.LSTM/GRU see them in the encoder: sorted longest first (the
+  // lengths of a packed sequence stay on the host).
+  auto sorted = host_lengths.sort(0, /*descending=*/true);
   const auto& sorted_len = std::get<0>(sorted);
-  const auto& order = std::get<1>(sorted);
-  const auto inverse = at::empty_like(order).scatter_(0, order, at::arange(N, at::kLong));
+  const auto order = std::get<1>(sorted).to(device);
+  const auto inverse = at::empty_like(order).scatter_(0, order, at::arange(N, order.options()));
   auto packed = at::_pack_padded_sequence(at::embedding(enc_embed_, src).index_select(0, order), sorted_len, true);
   const int64_t dirs = cfg_.bidirectional ? 2 : 1, He = cfg_.hidden / dirs;
-  auto h0 = at::zeros({cfg_.layers * dirs, N, He}, at::kFloat);
+  auto h0 = at::zeros({cfg_.layers * dirs, N, He}, options);
   at::Tensor out, hy, cy;
   if (lstm_) {
     std::tie(out, hy, cy) = at::lstm(std::get<0>(packed), std::get<1>(packed), {h0, h0}, enc_params_, true,
@@ -134,7 +127,7 @@ State RnnModel::encode(const std::vector<std::vector<int64_t>>& sources) const {
     state.rows[h_names_[l]] = join(hy, l);
     if (lstm_) state.rows[c_names_[l]] = join(cy, l);
   }
-  state.rows["sentence"] = at::arange(N, at::kLong);
+  state.rows["sentence"] = at::arange(N, options.dtype(at::kLong));
   state.sources["lengths"] = lengths;
   if (cfg_.family == "rnn") {
     if (cfg_.context_feed) state.sources["context"] = state.rows[h_names_.back()];
@@ -142,7 +135,7 @@ State RnnModel::encode(const std::vector<std::vector<int64_t>>& sources) const {
     auto mem = memory.contiguous();
     state.sources["memory"] = mem;
     state.sources["keys"] = key_w_.defined() ? at::matmul(mem, key_w_.t()).contiguous() : mem;
-    if (luong_ && cfg_.input_feed) state.rows["feed"] = at::zeros({N, cfg_.hidden}, at::kFloat);
+    if (luong_ && cfg_.input_feed) state.rows["feed"] = at::zeros({N, cfg_.hidden}, options);
     if (cfg_.copy) state.sources["ids"] = src;
   }
   return state;
@@ -206,7 +199,7 @@ Step RnnModel::step(int64_t, const at::Tensor& prev, State& state) const {
 
 }  // namespace
 
-std::unique_ptr<Model> create_rnn(const RnnConfig& cfg, const Weights& weights, ComputeType type) {
+std::unique_ptr<Model> create_rnn(const RnnConfig& cfg, WeightReader& weights, ComputeType type) {
   return std::make_unique<RnnModel>(cfg, weights, type);
 }
 

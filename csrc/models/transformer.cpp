@@ -29,7 +29,7 @@ struct DecoderLayer {
 
 class TransformerModel : public Model {
  public:
-  TransformerModel(const TransformerConfig& cfg, const Weights& weights, ComputeType type);
+  TransformerModel(const TransformerConfig& cfg, WeightReader& w, ComputeType type);
   State encode(const std::vector<std::vector<int64_t>>& sources) const override;
   Step step(int64_t step, const at::Tensor& previous, State& state) const override;
   int64_t max_source_length() const override { return cfg_.max_positions - 1; }
@@ -51,7 +51,7 @@ class TransformerModel : public Model {
   at::Tensor logits(const at::Tensor& h, const at::Tensor& weights, const State& state) const;
 };
 
-TransformerModel::TransformerModel(const TransformerConfig& s, const Weights& weights, ComputeType type) : cfg_(s) {
+TransformerModel::TransformerModel(const TransformerConfig& s, WeightReader& w, ComputeType type) : cfg_(s) {
   check(s.d_model > 0 && s.heads > 0 && s.d_model % s.heads == 0,
         "model.d_model must be a positive multiple of model.heads");
   check(s.ff_dim > 0 && s.enc_layers > 0 && s.dec_layers > 0 && s.max_positions > 1,
@@ -61,9 +61,8 @@ TransformerModel::TransformerModel(const TransformerConfig& s, const Weights& we
   target_vocabulary = s.tgt_vocab;
   const int64_t d = s.d_model;
   using Role = MultiHeadAttention::Role;
-  WeightReader w(weights);
   const auto positions = s.learned_positions ? w.get("pos.weight", {s.max_positions, d})
-                                             : sinusoidal_positions(s.max_positions, d);
+                                             : sinusoidal_positions(s.max_positions, d).to(w.device());
   src_embed_ = {w.get("src_embed.weight", {s.src_vocab, d}), positions};
   tgt_embed_ = {w.get("tgt_embed.weight", {s.tgt_vocab, d}), positions};
   for (int64_t i = 0; i < s.enc_layers; ++i) {
@@ -95,18 +94,10 @@ TransformerModel::TransformerModel(const TransformerConfig& s, const Weights& we
 
 State TransformerModel::encode(const std::vector<std::vector<int64_t>>& sources) const {
   const int64_t N = static_cast<int64_t>(sources.size());
-  int64_t S = 0;
-  for (const auto& s : sources) S = std::max<int64_t>(S, static_cast<int64_t>(s.size()) + 1);
-  auto src = at::full({N, S}, kPad, at::kLong);
-  auto lengths = at::empty({N}, at::kLong);
-  auto* ids = src.data_ptr<int64_t>();
-  auto* len = lengths.data_ptr<int64_t>();
-  for (int64_t n = 0; n < N; ++n) {
-    std::copy(sources[n].begin(), sources[n].end(), ids + n * S);
-    ids[n * S + sources[n].size()] = kEos;
-    len[n] = static_cast<int64_t>(sources[n].size()) + 1;
-  }
-  const auto sentence = at::arange(N, at::kLong).repeat_interleave(S);  // of each position's row
+  const auto [host_src, host_lengths] = source_ids(sources);
+  const auto src = host_src.to(options.device()), lengths = host_lengths.to(options.device());
+  const int64_t S = src.size(1);
+  const auto sentence = at::arange(N, options.dtype(at::kLong)).repeat_interleave(S);  // of each position's row
   auto x = src_embed_(src, 0);
   for (const auto& layer : enc_) {
     x = residual(x, layer.norm1, [&](const at::Tensor& y) { return layer.attn.sequence(y, lengths, sentence); });
@@ -116,8 +107,8 @@ State TransformerModel::encode(const std::vector<std::vector<int64_t>>& sources)
   State state;
   state.sources["lengths"] = lengths;
   if (cfg_.copy) state.sources["ids"] = src;
-  state.rows["sentence"] = at::arange(N, at::kLong);
-  const auto empty = at::empty({N, 0, cfg_.d_model}, at::kFloat);
+  state.rows["sentence"] = at::arange(N, options.dtype(at::kLong));
+  const auto empty = at::empty({N, 0, cfg_.d_model}, options);
   for (const auto& layer : dec_) {
     std::tie(state.sources[layer.ck], state.sources[layer.cv]) = layer.cross_attn.source_keys_values(memory);
     state.caches[layer.k] = empty;
@@ -173,7 +164,7 @@ at::Tensor TransformerModel::logits(const at::Tensor& h, const at::Tensor& weigh
 
 }  // namespace
 
-std::unique_ptr<Model> create_transformer(const TransformerConfig& cfg, const Weights& weights, ComputeType type) {
+std::unique_ptr<Model> create_transformer(const TransformerConfig& cfg, WeightReader& weights, ComputeType type) {
   return std::make_unique<TransformerModel>(cfg, weights, type);
 }
 

@@ -1,6 +1,6 @@
 // The engine's ops, declared once: torch.ops.seq2seq.*. Implementations register per device
-// (ops/cpu/*.cpp: TORCH_LIBRARY_IMPL(seq2seq, CPU, m)); the functions below call them
-// through the dispatcher.
+// (ops/cpu/*.cpp: TORCH_LIBRARY_IMPL(seq2seq, CPU, m)), and in ATen operators for every
+// other device (ops/reference.cpp); the functions below call them through the dispatcher.
 #include "ops.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -29,6 +29,8 @@ TORCH_LIBRARY(seq2seq, m) {
 namespace seq2seq {
 namespace {
 
+thread_local bool reference_ops = false;
+
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
@@ -36,12 +38,17 @@ c10::TypedOperatorHandle<Signature> op(const char* name) {
 
 }  // namespace
 
+ReferenceOps::ReferenceOps(bool on) : previous_(reference_ops) { reference_ops = on; }
+ReferenceOps::~ReferenceOps() { reference_ops = previous_; }
+bool ReferenceOps::active() { return reference_ops; }
+
 std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query, const at::Tensor& keys,
                                              const at::Tensor& memory, const at::Tensor& lengths,
                                              const at::Tensor& sentence, const std::optional<at::Tensor>& v) {
   static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
       const std::optional<at::Tensor>&)>("seq2seq::attention");
+  if (reference_ops) return reference::attention(query, keys, memory, lengths, sentence, v);
   return handle.call(query, keys, memory, lengths, sentence, v);
 }
 
@@ -51,6 +58,7 @@ std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query,
   static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
       int64_t)>("seq2seq::multi_head_attention");
+  if (reference_ops) return reference::multi_head_attention(query, keys, values, lengths, sentence, heads);
   return handle.call(query, keys, values, lengths, sentence, heads);
 }
 
@@ -59,6 +67,7 @@ std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const std
   static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
       const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double)>(
       "seq2seq::add_layer_norm");
+  if (reference_ops) return reference::add_layer_norm(x, residual, weight, bias, eps);
   return handle.call(x, residual, weight, bias, eps);
 }
 
@@ -68,6 +77,7 @@ std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, con
   static const auto handle = op<std::tuple<at::Tensor, at::Tensor>(
       const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, int64_t, int64_t, int64_t)>(
       "seq2seq::beam_candidates");
+  if (reference_ops) return reference::beam_candidates(logits, row_scores, eos_rule, banned, eos, group, count);
   return handle.call(logits, row_scores, eos_rule, banned, eos, group, count);
 }
 

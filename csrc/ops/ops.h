@@ -1,5 +1,6 @@
 // The engine's ops. attention, multi_head_attention, add_layer_norm and beam_candidates are torch ops
-// (declared once in ops/ops.cpp, implemented per device in ops/cpu/) and these functions
+// (declared once in ops/ops.cpp, their input rules in ops/checks.cpp, implemented for the CPU
+// in ops/cpu/ and for any other device in ATen operators, ops/reference.cpp) and these functions
 // call them through the dispatcher, so a model's tensors pick the implementation of their
 // device. The products of layers::Dense are plain functions over PyTorch's own operators.
 #pragma once
@@ -11,6 +12,36 @@
 #include <tuple>
 
 namespace seq2seq {
+
+// While one is alive, the op functions below called on its thread run the ATen
+// implementations of ops/reference.cpp (what a device without kernels of its own runs)
+// instead of the device's kernels: Engine(..., ops "reference") decodes with them, so that
+// tests compare the two on the CPU.
+class ReferenceOps {
+ public:
+  explicit ReferenceOps(bool on);
+  ~ReferenceOps();
+  ReferenceOps(const ReferenceOps&) = delete;
+  ReferenceOps& operator=(const ReferenceOps&) = delete;
+  static bool active();
+
+ private:
+  bool previous_;
+};
+
+namespace reference {
+std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& memory,
+                                             const at::Tensor& lengths, const at::Tensor& sentence,
+                                             const std::optional<at::Tensor>& v);
+std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query, const at::Tensor& keys,
+                                                        const at::Tensor& values, const at::Tensor& lengths,
+                                                        const std::optional<at::Tensor>& sentence, int64_t heads);
+std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                                  const at::Tensor& weight, const at::Tensor& bias, double eps);
+std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits, const at::Tensor& row_scores,
+                                                   const at::Tensor& eos_rule, at::IntArrayRef banned, int64_t eos,
+                                                   int64_t group, int64_t count);
+}  // namespace reference
 
 // Fused attention of the RNN decoders for each row r over its sentence n = sentence[r]:
 // scores over the first lengths[n] source positions (additive when v is given:
@@ -66,7 +97,8 @@ c10::IValue pack_int8(const at::Tensor& weight, const std::optional<at::Tensor>&
 // CPU lacks VNNI: FBGEMM's AVX2 path would otherwise saturate its 16-bit sums).
 at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed);
 
-// The bits linear_int8 gives each activation on this CPU: 8, or 7 without VNNI.
+// The bits linear_int8 gives each activation on this CPU: 8, or 7 without VNNI (or where
+// ATEN_CPU_CAPABILITY caps ATen below AVX-512).
 int64_t int8_activation_bits();
 
 // The same per-channel int8 weights as pack_int8, unpacked: q (out, in) int8 and scale (out)

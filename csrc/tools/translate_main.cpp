@@ -2,7 +2,7 @@
 // with the C++ engine on an export directory and SentencePiece's C++ library; no Python.
 //
 //   seq2seq-translate EXPORT_DIR [--beam-size 5] [--threads 0] [--compute-type float32|int8|bfloat16]
-//                     [--batch 32] [--max-length 256] [--length-penalty gnmt] [--alpha 0.6]
+//                     [--device cpu|cuda] [--batch 32] [--max-length 256] [--length-penalty gnmt] [--alpha 0.6]
 //                     [--no-repeat-ngram-size 0] [--scores]
 //
 // Decoding options not given are the export's decoding defaults (seq2seq export --alpha ...),
@@ -24,7 +24,7 @@ constexpr size_t kMaxSourceTokens = 1024;  // as the Python Engine's max_source_
 
 const char* kUsage =
     "usage: seq2seq-translate EXPORT_DIR [--beam-size N] [--threads N] [--compute-type float32|int8|bfloat16]\n"
-    "                         [--batch N] [--max-length N] [--length-penalty none|gnmt|average] [--alpha A]\n"
+    "                         [--device cpu|cuda|cuda:N] [--batch N] [--max-length N] [--length-penalty none|gnmt|average] [--alpha A]\n"
     "                         [--no-repeat-ngram-size N] [--scores]\n"
     "Reads sentences from stdin, one per line, and writes one translation per line. Decoding options not\n"
     "given are the export's defaults (seq2seq export --alpha ...).\n";
@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
     const std::string dir = argv[1];
     DecodeOptions opts = decoding_defaults(dir);
     int64_t threads = 0, batch = 32;
-    std::string compute_type = "float32";
+    std::string compute_type = "float32", device = "cpu";
     bool scores = false;
     for (int i = 2; i < argc; ++i) {
       const std::string flag = argv[i];
@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
       else if (flag == "--alpha") opts.alpha = parse_number(flag, value);
       else if (flag == "--no-repeat-ngram-size") opts.no_repeat_ngram_size = parse_integer(flag, value);
       else if (flag == "--compute-type") compute_type = value;
+      else if (flag == "--device") device = value;
       else throw std::invalid_argument("unknown option " + flag + "\n" + kUsage);
     }
     if (batch < 1) throw std::invalid_argument("--batch must be at least 1");
@@ -66,7 +67,7 @@ int main(int argc, char** argv) {
     validate_options(opts);
 
     const TokenizerFiles tokenizers = tokenizer_files(dir);
-    Engine engine(dir, threads, compute_type);
+    Engine engine(dir, threads, compute_type, "device", device);
     const auto src_sp = load_sentencepiece(tokenizers.source), tgt_sp = load_sentencepiece(tokenizers.target);
 
     std::vector<std::string> lines;

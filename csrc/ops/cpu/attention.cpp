@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../checks.h"
 #include "vec.h"
 
 namespace seq2seq {
@@ -13,30 +14,18 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query_in, const at::Tensor& keys_in,
                                              const at::Tensor& memory_in, const at::Tensor& lengths_in,
                                              const at::Tensor& sentence_in, const std::optional<at::Tensor>& v_in) {
-  check_float(query_in, "query", 2);
-  check_float(keys_in, "keys", 3);
-  check_float(memory_in, "memory", 3);
-  check(lengths_in.scalar_type() == at::kLong && lengths_in.dim() == 1, "lengths must be a 1-d int64 tensor");
-  check(sentence_in.scalar_type() == at::kLong && sentence_in.dim() == 1, "sentence must be a 1-d int64 tensor");
+  checks::attention(query_in, keys_in, memory_in, lengths_in, sentence_in, v_in);
   const auto query = query_in.contiguous(), keys = keys_in.contiguous(), memory = memory_in.contiguous();
   const auto lengths = lengths_in.contiguous(), sentence = sentence_in.contiguous();
-  const int64_t R = query.size(0), K = query.size(1), N = keys.size(0), S = keys.size(1), M = memory.size(2);
-  check(keys.size(2) == K, "keys' last dimension must equal the query's");
-  check(memory.size(0) == N && memory.size(1) == S, "memory must be (sentences, source length, M) like keys");
-  check(lengths.size(0) == N, "lengths must have one entry per sentence");
-  check(sentence.size(0) == R, "sentence must have one entry per query row");
+  const int64_t R = query.size(0), K = query.size(1), S = keys.size(1), M = memory.size(2);
   const float* v = nullptr;
   at::Tensor v_c;
   if (v_in.has_value()) {
-    check_float(*v_in, "v", 1);
-    check(v_in->size(0) == K, "v must have the query's size");
     v_c = v_in->contiguous();
     v = v_c.data_ptr<float>();
   }
   const int64_t* len = lengths.data_ptr<int64_t>();
   const int64_t* sent = sentence.data_ptr<int64_t>();
-  for (int64_t n = 0; n < N; ++n) check(len[n] >= 1 && len[n] <= S, "lengths must be within 1..source length");
-  for (int64_t r = 0; r < R; ++r) check(sent[r] >= 0 && sent[r] < N, "sentence ids must be within 0..sentences-1");
 
   // Written whole below, padding included: no zero-filling pass first.
   auto context = at::empty({R, M}, query.options());
@@ -85,29 +74,13 @@ std::tuple<at::Tensor, at::Tensor> attention(const at::Tensor& query_in, const a
 std::tuple<at::Tensor, at::Tensor> multi_head_attention(const at::Tensor& query_in, const at::Tensor& keys_in,
                                                         const at::Tensor& values_in, const at::Tensor& lengths_in,
                                                         const std::optional<at::Tensor>& sentence_in, int64_t heads) {
-  check_float(query_in, "query", 2);
-  check_float(keys_in, "keys", 3);
-  check_float(values_in, "values", 3);
-  check(lengths_in.scalar_type() == at::kLong && lengths_in.dim() == 1, "lengths must be a 1-d int64 tensor");
+  checks::multi_head_attention(query_in, keys_in, values_in, lengths_in, sentence_in, heads);
   const auto query = query_in.contiguous(), keys = keys_in.contiguous(), values = values_in.contiguous();
   const auto lengths = lengths_in.contiguous();
-  const int64_t R = query.size(0), D = query.size(1), B = keys.size(0), T = keys.size(1);
-  check(heads >= 1 && D % heads == 0, "heads must divide the query's size");
-  check(keys.size(2) == D && values.sizes() == keys.sizes(), "keys and values must be (blocks, length, query size)");
-  check(lengths.size(0) == B, "lengths must have one entry per block of keys");
-  at::Tensor sentence;
-  if (sentence_in.has_value()) {
-    check(sentence_in->scalar_type() == at::kLong && sentence_in->dim() == 1 && sentence_in->size(0) == R,
-          "sentence must be a 1-d int64 tensor with one entry per query row");
-    sentence = sentence_in->contiguous();
-  } else {
-    check(B == R, "without sentence, keys need one block per query row");
-  }
+  const int64_t R = query.size(0), D = query.size(1), T = keys.size(1);
+  const at::Tensor sentence = sentence_in.has_value() ? sentence_in->contiguous() : at::Tensor();
   const int64_t* len = lengths.data_ptr<int64_t>();
   const int64_t* sent = sentence.defined() ? sentence.data_ptr<int64_t>() : nullptr;
-  for (int64_t b = 0; b < B; ++b) check(len[b] >= 1 && len[b] <= T, "lengths must be within 1..key length");
-  if (sent)
-    for (int64_t r = 0; r < R; ++r) check(sent[r] >= 0 && sent[r] < B, "sentence ids must be within 0..blocks-1");
 
   const int64_t dh = D / heads;
   const float scale = static_cast<float>(std::sqrt(static_cast<double>(dh)));

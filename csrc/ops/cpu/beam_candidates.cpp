@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "../checks.h"
 #include "vec.h"
 
 namespace seq2seq {
@@ -14,20 +15,11 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> beam_candidates(const at::Tensor& logits_in, const at::Tensor& scores_in,
                                                    const at::Tensor& rule_in, at::IntArrayRef banned,
                                                    int64_t eos, int64_t group, int64_t count) {
-  check_float(logits_in, "logits", 2);
-  check_float(scores_in, "row_scores", 1);
-  check(rule_in.scalar_type() == at::kChar && rule_in.dim() == 1, "eos_rule must be a 1-d int8 tensor");
+  checks::beam_candidates(logits_in, scores_in, rule_in, banned, eos, group, count);
   const auto logits = logits_in.contiguous(), row_scores = scores_in.contiguous(), rule = rule_in.contiguous();
   const int64_t R = logits.size(0), V = logits.size(1);
-  check(group >= 1 && R % group == 0, "rows must be a multiple of group");
-  check(count >= 1, "count must be at least 1");
-  check(row_scores.size(0) == R && rule.size(0) == R, "row_scores and eos_rule need one entry per row");
-  check(eos >= 0 && eos < V, "eos must be a token id");
   std::vector<char> allowed(V, 1);
-  for (int64_t b : banned) {
-    check(b >= 0 && b < V, "banned token ids must be within the vocabulary");
-    allowed[b] = 0;
-  }
+  for (int64_t b : banned) allowed[b] = 0;
   const int64_t blocks = R / group;
   auto out_scores = at::full({blocks, count}, kNegInf, logits.options());
   auto out_index = at::full({blocks, count}, -1, logits.options().dtype(at::kLong));

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../checks.h"
 #include "vec.h"
 
 namespace seq2seq {
@@ -12,23 +13,10 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x_in, const std::optional<at::Tensor>& residual_in,
                                                   const at::Tensor& weight_in, const at::Tensor& bias_in, double eps) {
-  check(x_in.scalar_type() == at::kFloat && x_in.dim() >= 1 && x_in.device().is_cpu(),
-        "x must be a float32 CPU tensor");
+  checks::add_layer_norm(x_in, residual_in, weight_in, bias_in, eps);
   const int64_t d = x_in.size(-1), rows = d > 0 ? x_in.numel() / d : 0;
-  check_float(weight_in, "weight", 1);
-  check_float(bias_in, "bias", 1);
-  // The message built only on failure: this op runs eleven times a decode step.
-  if (weight_in.size(0) != d || bias_in.size(0) != d)
-    check(false, "weight and bias must hold x's last dimension (" + std::to_string(d) + ") values");
-  check(eps > 0, "eps must be positive");
   const auto x = x_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  at::Tensor residual;
-  if (residual_in.has_value()) {
-    check(residual_in->scalar_type() == at::kFloat && residual_in->device().is_cpu() &&
-              residual_in->sizes() == x_in.sizes(),
-          "residual must be a float32 CPU tensor of x's shape");
-    residual = residual_in->contiguous();
-  }
+  const at::Tensor residual = residual_in.has_value() ? residual_in->contiguous() : at::Tensor();
   // Without a residual the sum is x itself: no copy.
   auto sum = residual.defined() ? at::empty_like(x) : x;
   auto normed = at::empty_like(x);

@@ -6,6 +6,7 @@
 // generic path on AMD CPUs and its small products copy the weights first; and bfloat16
 // (linear_bf16_rows), where oneDNN's set-up costs 30-60 us a call.
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <ATen/cpu/Utils.h>
@@ -85,7 +86,12 @@ c10::IValue pack_int8(const at::Tensor& weight, const std::optional<at::Tensor>&
   return stack[0];
 }
 
-int64_t int8_activation_bits() { return at::cpu::is_avx512_vnni_supported() ? 8 : 7; }
+// ATen's capability, which ATEN_CPU_CAPABILITY=avx2 lowers on an AVX-512 machine: FBGEMM's
+// integer sums are exact either way, so 7-bit activations there give the numbers an AVX2 CPU gives.
+int64_t int8_activation_bits() {
+  static const int64_t bits = at::get_cpu_capability() == "AVX512" && at::cpu::is_avx512_vnni_supported() ? 8 : 7;
+  return bits;
+}
 
 at::Tensor linear_int8(const at::Tensor& x, const c10::IValue& packed) {
   static const auto dynamic = quantized_op("quantized::linear_dynamic");

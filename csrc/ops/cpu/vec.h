@@ -34,7 +34,7 @@ inline float tanh_rational(float x) {
   return p / q;
 }
 
-// Without AVX-512 (SEQ2SEQ_PORTABLE=1) GCC warns that passing these by value has another ABI;
+// Without AVX-512 (SEQ2SEQ_ARCH=x86-64-v3 or x86-64) GCC warns that passing these by value has another ABI;
 // every function taking them is internal to the ops/cpu/ files, so no ABI is crossed.
 #pragma GCC diagnostic ignored "-Wpsabi"
 // One register wide: a wider vector type is split into registers by GCC, which then keeps
