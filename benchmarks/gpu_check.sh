@@ -60,11 +60,13 @@ else
   step "parity on $DEVICE"
   run $PY benchmarks/gpu_parity.py --device "$DEVICE" "${models[@]}" --pairs "$PREPARED/test.tsv" \
     --sentences "$SENTENCES" --alone "$SENTENCES" --out "$OUT"
-  against=$($PY -c 'import ctranslate2' 2>/dev/null && echo "--against ctranslate2")
   for ((i = 1; i < ${#models[@]}; i += 2)); do
     m=${models[$i]}
     step "bench $m"
-    run $PY -m seq2seq.cli bench --device "$DEVICE" --model "$m" --input "$PREPARED/test.src" \
+    # CTranslate2 runs Transformers only, and only where its wheel is installed.
+    family=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1] + "/config.json"))["model"]["family"])' "$m")
+    against=$([ "$family" = transformer ] && $PY -c 'import ctranslate2' 2>/dev/null && echo "--against ctranslate2")
+    run $PY -m seq2seq bench --device "$DEVICE" --model "$m" --input "$PREPARED/test.src" \
       --sentences "$SENTENCES" --cases greedy:1,beam5:1,beam5:64 --compute-type float32,bfloat16 $against \
       --out "$OUT/bench-$(basename "$(dirname "$m")").json"
   done

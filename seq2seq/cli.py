@@ -418,7 +418,8 @@ def cmd_serve(args) -> int:
     limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens, max_sentences=args.max_sentences,
                     max_beam=args.max_beam, max_cost=args.max_request_cost)
     cfg = ServerConfig(models=model_paths(args.model), host=args.host, port=args.port, threads=args.threads,
-                       compute_type=args.compute_type, workers=args.workers, max_batch=args.max_batch,
+                       compute_type=args.compute_type, device=args.device, workers=args.workers,
+                       max_batch=args.max_batch,
                        max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
                        max_queue_per_client=args.max_queue_per_client, background_cost=args.background_cost,
                        max_message_bytes=args.max_message_bytes, limits=limits,
@@ -786,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50051, help="0: any free port (printed)")
     p.add_argument("--threads", type=int, default=1, help="engine intra-op threads per batch (0: every core)")
     p.add_argument("--compute-type", default="float32", help="float32, int8 or bfloat16")
+    p.add_argument("--device", default="cpu", help="where the engines run: cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0, help="engine batches run at once (0: cores // threads)")
     p.add_argument("--max-batch", type=int, default=64, help="sentences per engine batch")
     p.add_argument("--max-delay-ms", type=float, default=3.0, help="how long a batch waits for more requests")

@@ -49,6 +49,7 @@ class ServerConfig:
     # threads per batch made a lone caller's latency 9 ms worse (docs/bench.md#the-server).
     threads: int = 1  # the engine's intra-op threads per batch (0: torch's default, every core)
     compute_type: str = "float32"
+    device: str = "cpu"  # where the engines run: cpu, cuda or cuda:N
     workers: int = 0  # engine batches run at once (0: cores // threads, at least 1)
     max_batch: int = 64  # sentences per engine batch
     max_batch_tokens: int = 16384  # source tokens x beam per engine batch
@@ -316,7 +317,7 @@ class Server:
         log.info(json.dumps({"event": "listening", "address": f"{cfg.host}:{self.port}",
                              "tls": bool(cfg.tls_cert), "token": bool(cfg.token)}))
         for name, path in cfg.models.items():
-            model = load_model(name, path, cfg.threads, cfg.compute_type)
+            model = load_model(name, path, cfg.threads, cfg.compute_type, cfg.device)
             # The engine lets go of abandoned sentences mid-search; the Python reference cannot.
             run = model.translator.native if model.backend == "cpp" else \
                 (lambda ids, opts, abandoned, t=model.translator: t.decode_ids(ids, python_options(opts)))

@@ -98,18 +98,18 @@ def check_defaults_fit(name: str, decoding: dict, limits: Limits) -> None:
                          f"{limits.max_length}); raise --max-beam or export the model with smaller defaults")
 
 
-def load_model(name: str, path: str, threads: int = 0, compute_type: str = "float32") -> Model:
+def load_model(name: str, path: str, threads: int = 0, compute_type: str = "float32", device: str = "cpu") -> Model:
     from seq2seq.engine import SUPPORTED_FAMILIES, Engine
     from seq2seq.export import load_export
 
     exp = load_export(path)
     if exp.model_cfg.family in SUPPORTED_FAMILIES:
-        return Model(name, str(path), Engine(path, threads=threads, compute_type=compute_type), "cpp",
+        return Model(name, str(path), Engine(path, device=device, threads=threads, compute_type=compute_type), "cpp",
                      decoding=exp.decoding)
     from seq2seq.translate import Translator
 
     log.warning(json.dumps({"event": "python_backend", "model": name, "family": exp.model_cfg.family}))
-    return Model(name, str(path), Translator(path), "python", decoding=exp.decoding)
+    return Model(name, str(path), Translator(path, device=device), "python", decoding=exp.decoding)
 
 
 # The task metrics an Evaluate result carries by name (BackendResult.metrics).

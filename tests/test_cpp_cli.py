@@ -102,7 +102,8 @@ def test_the_exports_decoding_defaults_apply_unless_a_flag_is_given(export, tmp_
 def test_bad_use_is_a_clear_error(export, tmp_path):
     for args, words in [([tmp_path / "nowhere"], "config.json"), ([export, "--beam-size", 0], "beam_size"),
                         ([export, "--beam-size", "five"], "integer"), ([export, "--frobnicate", 1], "unknown option"),
-                        ([export, "--compute-type", "float16"], "compute_type"), ([], "usage")]:
+                        ([export, "--compute-type", "float16"], "compute_type"), ([], "usage"),
+                        ([export, "--device", "tpu"], "device must be cpu, cuda or cuda:N, not tpu")]:
         done = run(args, "ein Mann\n")
         assert done.returncode != 0 and words in done.stderr, (args, done.stderr)
 

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -385,6 +386,14 @@ def test_an_export_it_cannot_tokenize_is_refused_at_start(tmp_path):
     done = subprocess.run([str(BINARY), "--model", f"m={words}", "--port", "0"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 1 and "SentencePiece" in done.stderr and "word" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("server", ["python", "cpp"])
+def test_a_device_it_cannot_use_is_refused_at_start(exports, server):
+    command = [str(BINARY)] if server == "cpp" else [sys.executable, "-m", "seq2seq", "serve"]
+    done = subprocess.run([*command, "--model", f"m={exports['luong']}", "--port", "0", "--device", "tpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "device must be cpu, cuda or cuda:N, not tpu" in done.stderr, done.stderr
 
 
 def test_an_export_whose_weights_are_a_fifo_is_refused_at_start(exports, tmp_path):

@@ -66,7 +66,7 @@ struct Config {
   double max_delay_ms = 3.0, grace_s = 10.0;
   double stream_idle_s = 60.0;       // a TranslateStream idle this long, nothing in flight, is ended; 0: never
   int64_t max_stream_pending = 32;   // requests of one TranslateStream in flight at once
-  std::string compute_type = "float32";
+  std::string compute_type = "float32", device = "cpu";
   int64_t max_chars = 2000, max_tokens = 256, max_sentences = 256, max_beam = 32, max_length = 512;
   int64_t max_request_cost = 65536;  // server/service.py's Limits.max_cost
   int64_t background_cost = 4096;    // costlier requests wait behind cheaper ones (ServerConfig.background_cost)
@@ -82,6 +82,7 @@ const char* kUsage =
     "  --port 50051           0: any free port (printed)\n"
     "  --threads 1            engine intra-op threads per batch (0: every core)\n"
     "  --compute-type float32 float32, int8 or bfloat16\n"
+    "  --device cpu           where the engines run: cpu, cuda or cuda:N\n"
     "  --workers 0            engine batches run at once (0: cores // threads)\n"
     "  --max-batch 64         sentences per engine batch\n"
     "  --max-batch-tokens 16384  source tokens x beam per engine batch\n"
@@ -209,7 +210,8 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& di
                              std::to_string(cfg.max_beam) + ", max_length " + std::to_string(cfg.max_length) +
                              "); raise --max-beam or export the model with smaller defaults");
   for (const auto& [_, t] : exp.weights) m->parameters += t.numel();
-  m->engine = std::make_unique<Engine>(exp.model_config, exp.weights, cfg.threads, cfg.compute_type);
+  m->engine = std::make_unique<Engine>(exp.model_config, exp.weights, cfg.threads, cfg.compute_type, "device",
+                                       cfg.device);
   m->family = m->engine->model().family;
   m->src_vocab = m->engine->model().source_vocabulary;
   m->tgt_vocab = m->engine->model().target_vocabulary;
@@ -846,6 +848,7 @@ Config parse(int argc, char** argv) {
     else if (flag == "--port") cfg.port = static_cast<int>(parse_integer(flag, value));
     else if (flag == "--threads") cfg.threads = parse_integer(flag, value);
     else if (flag == "--compute-type") cfg.compute_type = value;
+    else if (flag == "--device") cfg.device = value;
     else if (flag == "--workers") cfg.workers = parse_integer(flag, value);
     else if (flag == "--max-batch") cfg.max_batch = parse_integer(flag, value);
     else if (flag == "--max-batch-tokens") cfg.max_batch_tokens = parse_integer(flag, value);
