@@ -618,13 +618,15 @@ def test_parity_on_a_model_trained_on_multi30k(shared_data, tmp_path, family):
     train(data_cfg, model_cfg, train_cfg, log=lambda *_: None, progress=False)
     folder = export(tmp_path / "last.pt", tmp_path / "export")
     engine, reference = Engine(folder), Translator(folder)
+    aten = Engine(folder, ops="reference")  # the ops as a device without kernels runs them
     pairs = load_dataset(engine.data_cfg, ["test_2016_flickr"]).splits["test_2016_flickr"][:150]
     sources = [s for s, _ in pairs]
     for beam in (1, 5, 10):
         opts = DecodingOptions(beam_size=beam)
-        a, b = engine.translate(sources, opts), reference.translate(sources, opts)
-        assert [x[0].tokens for x in a] == [x[0].tokens for x in b]
+        a, b, c = engine.translate(sources, opts), reference.translate(sources, opts), aten.translate(sources, opts)
+        assert [x[0].tokens for x in a] == [x[0].tokens for x in b] == [x[0].tokens for x in c]
         assert max(abs(x[0].score - y[0].score) for x, y in zip(a, b)) < 1e-4
+        assert max(abs(x[0].score - y[0].score) for x, y in zip(a, c)) < 1e-4
     # int8 on a learnt model: most translations unchanged, and no worse on the whole.
     from seq2seq.evaluate import score
     refs = [t for _, t in pairs]

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "ops/cuda/layer_norm.cuh"
 #include "ops/cuda/simt_host.h"
 #include "ops/ops.h"
@@ -45,6 +47,24 @@ TEST_P(AddLayerNorm, MatchesTheCpuOp) {
 INSTANTIATE_TEST_SUITE_P(Sizes, AddLayerNorm,
                          ::testing::Values(LayerNormCase{1, 2, true, 32}, LayerNormCase{3, 31, false, 64},
                                            LayerNormCase{5, 515, true, 128}, LayerNormCase{2, 1024, true, 256}));
+
+// The layer itself: atomics from every thread of every block, and a block sum whose
+// barriers, if missing, let a warp read another's slot before it is written.
+TEST(Simt, AtomicsAndBlockSumsCountEveryThread) {
+  float total = 0.f;
+  int count = 0;
+  std::vector<double> sums(3);
+  simt::run_on_host(3, 96, sizeof(double) * 3, [&](const Host& h) {
+    h.atomic_add(&total, 0.5f);
+    h.atomic_add(&count, 1);
+    const double sum = simt::block_sum(h, static_cast<double>(h.thread() + 1), h.shared<double>());
+    if (h.thread() == 0) sums[h.block()] = sum;
+  });
+  EXPECT_EQ(total, 0.5f * 3 * 96);
+  EXPECT_EQ(count, 3 * 96);
+  for (double s : sums) EXPECT_EQ(s, 96.0 * 97.0 / 2.0);
+  EXPECT_THROW(simt::run_on_host(1, 48, 0, [](const Host&) {}), std::invalid_argument);
+}
 
 }  // namespace
 }  // namespace seq2seq
