@@ -695,7 +695,8 @@ def rounding_tolerance(compute_type: str, log_prob: float) -> float:
     rounded to `activation_step`: each step's logits move in proportion to their size, so
     the sum moves in proportion to |log_prob| (the 1 covers a log-probability near 0). The
     largest error measured over the families of this test, on an AVX2 EPYC, was 1.5 steps x
-    (|log_prob| + 1) with 7-bit int8 and 1.7 with bfloat16; the factor 4 leaves more than
+    (|log_prob| + 1) with 7-bit int8 and 1.7 with bfloat16 (benchmarks/lower_precision_error.py
+    measures it on any CPU); the factor 4 leaves more than
     twice that for other CPUs' summation orders. A wrong conversion moves scores by whole units."""
     return 4 * activation_step(compute_type) * (abs(log_prob) + 1)
 
