@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "common.h"
+#include "cpu_load.h"
 #include "io/export_reader.h"
 #include "ops/ops.h"
 
@@ -52,6 +53,7 @@ Engine::Engine(const std::string& model_config_json, const Weights& weights, int
 void Engine::build(const std::string& model_config_json, const Weights& weights, int64_t threads,
                    const at::Device& device) {
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
+  threads_ = at::get_num_threads();
   // float32 means float32 on a GPU too, as the Python reference computes it: no TF32 products.
   if (device.is_cuda()) {
     at::globalContext().setAllowTF32CuBLAS(false);
@@ -64,6 +66,7 @@ void Engine::build(const std::string& model_config_json, const Weights& weights,
 Results Engine::translate(const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
                           const Abandoned& abandoned) const {
   ReferenceOps reference(reference_ops_);
+  if (model_->options.device().is_cpu()) follow_load(threads_);
   return decode(*model_, sources, opts, abandoned);
 }
 

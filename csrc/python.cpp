@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "common.h"
+#include "cpu_load.h"
 #include "engine.h"
 #include "ops/ops.h"
 
@@ -50,6 +51,23 @@ PYBIND11_MODULE(_C, m) {
                                       std::vector<int64_t> banned, int64_t eos, int64_t group, int64_t count) {
     return reference::beam_candidates(logits, row_scores, eos_rule, banned, eos, group, count);
   });
+  m.def(
+      "dense_kernels",
+      [](const std::string& compute_type, int64_t out, int64_t in, const std::vector<int64_t>& rows) {
+        c10::InferenceMode guard;
+        const Dense dense(at::randn({out, in}), at::randn({out}), parse_compute_type(compute_type));
+        std::vector<std::string> names;
+        for (int64_t r : rows) names.push_back(dense.kernel(r));
+        return names;
+      },
+      py::arg("compute_type"), py::arg("out"), py::arg("in"), py::arg("rows"),
+      "the kernel a layer (out, in) of this compute type takes for each row count, on this CPU and thread count");
+  m.def("threads_for_load", &threads_for_load, py::arg("configured"), py::arg("cores"), py::arg("others_busy"),
+        "the intra-op threads a CPU decoding call takes: configured, one fewer per core others keep busy");
+  m.def("cpu_load", [] {
+        const CpuLoad load = cpu_load_now();
+        return py::make_tuple(load.cores, load.others_busy);
+      }, "(cores this process may use, cores other processes kept busy over the last 200 ms or more)");
   m.def("int8_activation_bits", &int8_activation_bits,
         "8 where the CPU has int8 dot-product instructions (AVX-512 VNNI), else 7: FBGEMM's 16-bit sums");
   py::class_<Hypothesis>(m, "Hypothesis")

@@ -81,6 +81,46 @@ class MemorySampler:
         return max(m for _, m in self.samples) - self.samples[0][1]
 
 
+def _spin(core: int) -> None:
+    import os
+
+    os.sched_setaffinity(0, {core})
+    while True:
+        pass
+
+
+class BusyCores:
+    """``count`` processes that each keep one core busy (the last cores of this process's
+    affinity, one process pinned to each) while the block runs: the engine's speed when
+    other work shares the machine, as a server's does. ``cores`` says which were taken."""
+
+    def __init__(self, count: int):
+        import os
+
+        available = sorted(os.sched_getaffinity(0))
+        if count < 0 or count >= len(available):
+            raise ValueError(f"--busy-cores must be 0 to {len(available) - 1} on this machine "
+                             f"({len(available)} cores available), not {count}")
+        self.cores = available[len(available) - count:] if count else []
+        self._procs = []
+
+    def __enter__(self):
+        import multiprocessing
+
+        spawn = multiprocessing.get_context("spawn")
+        for core in self.cores:
+            proc = spawn.Process(target=_spin, args=(core,), daemon=True)
+            proc.start()
+            self._procs.append(proc)
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self._procs:
+            proc.kill()
+            proc.join()
+        self._procs = []
+
+
 def run_case(translator, sources: list[list[int]], case: Case, opts: DecodingOptions) -> dict:
     opts = replace(opts, beam_size=case.beam_size, n_best=1)
     translator.decode_ids(sources[: case.batch], opts)  # warm-up: first-call allocations
@@ -201,6 +241,27 @@ def limits(cfg: ModelConfig, model, sources, results: dict, cases: list[Case]) -
                 lines.append(f"memory, {case.name}, {backend}: {weight_bytes / 2**20:.1f} MiB of decoder weights per "
                              f"step, read at {rate:.1f} GB/s; a large copy moves {bandwidth:.1f} GB/s, read + write "
                              f"({100 * rate / bandwidth:.0f}%)")
+    return lines
+
+
+def kernel_lines(model: torch.nn.Module, types: list[str], cases: list[Case]) -> list[str]:
+    """Which kernel each of the decoder's step products takes in the engine, per compute type
+    and case (a step multiplies beam x batch rows), on this CPU at this thread count: the
+    engine's own rule (csrc/layers/dense.cpp, Dense::choose), asked through the binding."""
+    from seq2seq import _C
+    from seq2seq.engine import decoder_step_matrix
+
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if decoder_step_matrix(name, p):
+            shapes.setdefault(tuple(p.shape), []).append(name)
+    lines = []
+    for t in types:
+        for (out, inp), names in sorted(shapes.items()):
+            kernels = _C.dense_kernels(t, out, inp, [c.beam_size * c.batch for c in cases])
+            each = "; ".join(f"{c.name} {k}" for c, k in zip(cases, kernels))
+            lines.append(f"kernels, {t}, {out}x{inp} ({len(names)} of the step's products, "
+                         f"e.g. {names[0]}): {each}")
     return lines
 
 

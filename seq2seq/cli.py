@@ -385,9 +385,14 @@ def cmd_bench(args) -> int:
             # CTranslate2's beam search has no GNMT penalty; none is the one both rank alike.
             opts = replace(opts, length_penalty="none")
             print("length_penalty none for every backend: CTranslate2 has no gnmt penalty")
-        results = bench.bench(translators, sources, cases, opts, rounds=args.rounds)
+        with bench.BusyCores(args.busy_cores) as busy:
+            if busy.cores:
+                print(f"cores {','.join(map(str, busy.cores))} kept busy by a spinning process each while measuring")
+            results = bench.bench(translators, sources, cases, opts, rounds=args.rounds)
         model = first.model
         limit_lines = bench.limits(first.model_cfg, model, sources, results, cases)
+        if args.backend in ("cpp", "both") and torch.device(args.device).type == "cpu":
+            limit_lines += bench.kernel_lines(model, types, cases)
         table = bench.markdown(results, cases)
         print("\n" + table + "\n" + "\n".join(limit_lines))
         if args.out:
@@ -777,6 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one intra-op thread and --threads, its faster one counts)")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every backend this many times, taking turns, and report each one's median round")
+    p.add_argument("--busy-cores", type=int, default=0,
+                   help="keep this many cores busy (a spinning process pinned to each) while measuring: "
+                        "the speed when other work shares the machine")
     p.add_argument("--out", help="write the results here as JSON, and their bars beside it as PNG")
     add_config_flags(p, DecodingOptions, {"return_attention", "beam_size", "n_best"}, unset=True)
     p.set_defaults(func=cmd_bench)

@@ -97,3 +97,30 @@ def test_bench_command_runs_the_engine_alone_in_two_compute_types(tmp_path, caps
                  "--compute-type", "int8", "--max-length", "6"]) == 0
     printed = capsys.readouterr().out
     assert "| greedy:1 | cpp int8 |" in printed and "memory, greedy:1, cpp int8:" in printed
+
+
+def test_bench_command_names_each_products_kernel_and_keeps_cores_busy(tmp_path, capsys):
+    import os
+
+    from seq2seq.cli import main
+
+    folder = random_export(tmp_path, "gru")
+    text = tmp_path / "in.txt"
+    text.write_text("w5 w6 w7\nw8\nw9 w10\n")
+    busy = ["--busy-cores", "1"] if len(os.sched_getaffinity(0)) > 1 else []
+    assert main(["bench", "--model", str(folder), "--input", str(text), "--cases", "greedy:1,beam5:4", "--backend",
+                 "cpp", "--compute-type", "float32", "--max-length", "6", *busy]) == 0
+    printed = capsys.readouterr().out
+    kernels = [line for line in printed.splitlines() if line.startswith("kernels, float32, ")]
+    assert kernels and all("greedy:1 engine panels; beam5:4 " in line for line in kernels)
+    if busy:
+        assert f"cores {sorted(os.sched_getaffinity(0))[-1]} kept busy" in printed
+
+
+def test_busy_cores_must_leave_one_core_free():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    for bad in (-1, cores):
+        with pytest.raises(ValueError, match=f"--busy-cores must be 0 to {cores - 1}"):
+            bench.BusyCores(bad)

@@ -2,6 +2,7 @@
 against pure-PyTorch references."""
 
 import json
+import os
 from dataclasses import replace
 import shutil
 import threading
@@ -735,3 +736,25 @@ def test_abandoned_sentences_leave_the_search_and_the_rest_are_unchanged(exports
     timer.join()
     with pytest.raises(ValueError, match="one flag per sentence"):
         engine.decode_ids(sources, opts, torch.zeros(2, dtype=torch.bool))
+
+
+def test_a_call_takes_one_thread_fewer_for_each_core_others_keep_busy():
+    from seq2seq import _C
+
+    # configured, cores, cores others keep busy -> threads; a core counts once 30% of it is taken.
+    for args, threads in [((2, 2, 0.0), 2), ((2, 2, 0.25), 2), ((2, 2, 0.35), 1), ((2, 2, 1.0), 1), ((2, 2, 2.0), 1),
+                          ((4, 8, 3.0), 4), ((8, 8, 3.0), 5), ((1, 4, 0.0), 1)]:
+        assert _C.threads_for_load(*args) == threads, args
+    cores, others = _C.cpu_load()
+    assert cores == len(os.sched_getaffinity(0)) and 0.0 <= others <= cores + 0.5
+
+
+def test_each_product_names_its_kernel_by_the_rule_it_runs():
+    from seq2seq import _C
+
+    # The few rows of a decoding step take the engine's panels on every CPU, a batch a library's.
+    assert _C.dense_kernels("float32", 512, 256, [1, 5, 16]) == ["engine panels"] * 3
+    assert "engine panels" not in _C.dense_kernels("float32", 512, 256, [17, 160])
+    assert _C.dense_kernels("int8", 512, 256, [160]) == ["FBGEMM"]
+    with pytest.raises(ValueError, match="compute_type must be float32, int8 or bfloat16"):
+        _C.dense_kernels("float16", 8, 8, [1])

@@ -11,7 +11,7 @@ namespace seq2seq {
 // Up to this many rows the int8 product is our own kernel, beyond it FBGEMM's
 // (measured per shape: benchmarks/int8_rows.py).
 constexpr int64_t kInt8FewRows = 2;
-// Up to this many rows the float32 product is our own kernel where MKL is the library.
+// Up to this many rows the float32 product is our own kernel, on every CPU (Dense::choose_float32).
 constexpr int64_t kFloatOwnRows = 16;
 // Up to this many rows the bfloat16 product is our own kernel: a decoding step of one
 // sentence or its beam, and the encoder of one source of up to 16 tokens, whose products it
@@ -79,60 +79,96 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
   }
 }
 
-at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
-  at::Tensor y;
-  if (device_weight_.defined()) {
-    // bfloat16 as on the CPU: bfloat16 inputs and outputs, float32 sums, the bias added in float32.
-    // float32 as nn.Linear computes it, the parity reference.
-    if (type_ != ComputeType::BFloat16) y = at::linear(x, device_weight_, bias_);
-    else {
-      y = at::linear(x.to(at::kBFloat16), device_weight_).to(at::kFloat);
-      if (bias_.defined()) y.add_(bias_);
-    }
-    return relu ? y.relu_() : y;
-  }
+Dense::Kernel Dense::choose(int64_t rows) const {
+  if (device_weight_.defined()) return Kernel::Device;
   switch (type_) {
     case ComputeType::Int8:
-      y = int8_rows_.defined() && x.size(0) <= kInt8FewRows ? linear_int8_rows(x, int8_rows_, bias_)
-                                                             : linear_int8(x, int8_);
-      break;
-    case ComputeType::BFloat16: {
+      return int8_rows_.defined() && rows <= kInt8FewRows ? Kernel::Int8Rows : Kernel::Fbgemm;
+    case ComputeType::BFloat16:
       // A few rows (a step of one sentence or its beam, a short source): our own kernel, the
       // same numbers without oneDNN's 30-60 us a call, more than most of these products take
       // (docs/bench.md).
-      if (bf16_panels_.defined() && x.size(0) <= kBf16OwnRows) return linear_bf16_rows(x, bf16_panels_, bias_, relu);
+      if (bf16_panels_.defined() && rows <= kBf16OwnRows) return Kernel::Bf16Panels;
+      return bf16_onednn_ ? Kernel::Bf16OneDnn : Kernel::Bf16Float32;
+    default:
+      return choose_float32(rows);
+  }
+}
+
+Dense::Kernel Dense::choose_float32(int64_t rows) const {
+  // Up to 16 rows our own kernel: one row (a greedy step) at 1.16x the sentences/s of MKL's
+  // matrix-vector product on Intel; a beam of 5 at 2.5x MKL's and oneDNN's on an AMD EPYC,
+  // which left the engine at 0.7x CTranslate2 there (docs/bench.md).
+  if (panels_.defined() && rows <= kFloatOwnRows) return Kernel::Panels;
+  // oneDNN costs about 10 us a call more than MKL, which a small product does not earn back
+  // (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
+  if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19)) return Kernel::OneDnn;
+  // MKL multiplies a few rows on one thread, so a decoding step of one sentence read its
+  // weights with one core: the columns are split across the threads instead (Tatoeba
+  // Transformer, 2 threads: 1.36x the sentences/s at greedy batch 1, 1.25x at beam 5 batch 4).
+  if (at::get_num_threads() > 1 && rows <= 8 && in_ * out_ >= (int64_t{1} << 16)) return Kernel::MklColumns;
+  return Kernel::Mkl;
+}
+
+std::string Dense::kernel_name(Kernel kernel) {
+  switch (kernel) {
+    case Kernel::Device: return "ATen (device)";
+    case Kernel::Panels: return "engine panels";
+    case Kernel::OneDnn: return "oneDNN";
+    case Kernel::MklColumns: return "MKL, columns split";
+    case Kernel::Mkl: return "MKL";
+    case Kernel::Int8Rows: return "engine int8 rows";
+    case Kernel::Fbgemm: return "FBGEMM";
+    case Kernel::Bf16Panels: return "engine bf16 panels";
+    case Kernel::Bf16OneDnn: return "oneDNN bf16";
+    default: return "float32 product of bf16 values";
+  }
+}
+
+std::string Dense::kernel(int64_t rows) const {
+  const Kernel chosen = choose(rows);
+  if (chosen != Kernel::Bf16Float32) return kernel_name(chosen);
+  return kernel_name(chosen) + " (" + kernel_name(choose_float32(rows)) + ")";
+}
+
+at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
+  at::Tensor y;
+  const Kernel kernel = choose(x.size(0));
+  switch (kernel) {
+    case Kernel::Device:
+      // bfloat16 as on the CPU: bfloat16 inputs and outputs, float32 sums, the bias added in float32.
+      // float32 as nn.Linear computes it, the parity reference.
+      if (type_ != ComputeType::BFloat16) y = at::linear(x, device_weight_, bias_);
+      else {
+        y = at::linear(x.to(at::kBFloat16), device_weight_).to(at::kFloat);
+        if (bias_.defined()) y.add_(bias_);
+      }
+      break;
+    case Kernel::Int8Rows: y = linear_int8_rows(x, int8_rows_, bias_); break;
+    case Kernel::Fbgemm: y = linear_int8(x, int8_); break;
+    case Kernel::Bf16Panels: return linear_bf16_rows(x, bf16_panels_, bias_, relu);
+    case Kernel::Bf16OneDnn:
+    case Kernel::Bf16Float32: {
       // bfloat16 inputs and outputs, float32 sums; the bias added in float32.
       const auto xb = x.to(at::kBFloat16);
-      y = bf16_onednn_ ? linear_onednn(xb, bf16_, at::Tensor()).to(at::kFloat)
-                       : float32(xb.to(at::kFloat), at::Tensor(), false).to(at::kBFloat16).to(at::kFloat);
+      y = kernel == Kernel::Bf16OneDnn
+              ? linear_onednn(xb, bf16_, at::Tensor()).to(at::kFloat)
+              : float32(choose_float32(x.size(0)), xb.to(at::kFloat), at::Tensor(), false).to(at::kBFloat16).to(at::kFloat);
       if (bias_.defined()) y.add_(bias_);
       break;
     }
     default:
-      return float32(x, bias_, relu);
+      return float32(kernel, x, bias_, relu);
   }
   return relu ? y.relu_() : y;
 }
 
-at::Tensor Dense::float32(const at::Tensor& x, const at::Tensor& bias, bool relu) const {
-  // oneDNN costs about 10 us a call more than MKL, which a lone row or a small product
-  // does not earn back (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
-  const int64_t rows = x.size(0);
-  // One row (a greedy step of one sentence): our own kernel, 1.16x the sentences/s of MKL's
-  // matrix-vector product at greedy batch 1 on the Tatoeba Transformer. On Intel's CPUs up to
-  // 16 rows too (the encoder of a short source: 47-64 us a product against MKL's 60-73, which
-  // copies the weights first); elsewhere that is not measured. Both figures are the kernel's
-  // before its weights went into panels, which ran as fast or faster (docs/engine.md).
-  if (panels_.defined() && (rows == 1 || (rows <= kFloatOwnRows && mkl_is_fastest_here())))
-    return linear_float_rows(x, panels_, bias, relu);
-  if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19))
-    return linear_onednn(x, onednn_, bias, relu);
-  // MKL multiplies a few rows on one thread, so a decoding step of one sentence read its
-  // weights with one core: the columns are split across the threads instead (Tatoeba
-  // Transformer, 2 threads: 1.36x the sentences/s at greedy batch 1, 1.25x at beam 5 batch 4).
-  const int64_t threads = at::get_num_threads();
+at::Tensor Dense::float32(Kernel kernel, const at::Tensor& x, const at::Tensor& bias, bool relu) const {
+  if (kernel == Kernel::Panels) return linear_float_rows(x, panels_, bias, relu);
+  if (kernel == Kernel::OneDnn) return linear_onednn(x, onednn_, bias, relu);
   at::Tensor y;
-  if (threads > 1 && rows <= 8 && in_ * out_ >= (int64_t{1} << 16)) {
+  if (kernel == Kernel::MklColumns) {
+    const int64_t threads = at::get_num_threads(), rows = x.size(0);
     y = at::empty({rows, out_}, x.options());
     at::parallel_for(0, out_, (out_ + threads - 1) / threads, [&](int64_t begin, int64_t end) {
       c10::InferenceMode guard;  // per thread: y is an inference tensor

@@ -32,13 +32,20 @@ class Dense {
   // max(0, x @ weight.T + bias), the ReLU fused into the product where the library can.
   at::Tensor relu(const at::Tensor& x) const { return apply(x, true); }
   bool defined() const { return out_ > 0; }
+  // The kernel a product of `rows` rows takes here, by name (`seq2seq bench` prints them):
+  // the one rule apply() follows.
+  std::string kernel(int64_t rows) const;
   int64_t out_features() const { return out_; }
   int64_t in_features() const { return in_; }
 
  private:
+  enum class Kernel { Device, Panels, OneDnn, MklColumns, Mkl, Int8Rows, Fbgemm, Bf16Panels, Bf16OneDnn, Bf16Float32 };
+  Kernel choose(int64_t rows) const;
+  Kernel choose_float32(int64_t rows) const;  // Panels, OneDnn, MklColumns or Mkl
+  static std::string kernel_name(Kernel kernel);
   at::Tensor apply(const at::Tensor& x, bool relu) const;
-  // x @ wt_ + bias through MKL or oneDNN, whichever is faster for the shape.
-  at::Tensor float32(const at::Tensor& x, const at::Tensor& bias, bool relu) const;
+  // x @ wt_ + bias by a float32 kernel (Panels, OneDnn, MklColumns or Mkl).
+  at::Tensor float32(Kernel kernel, const at::Tensor& x, const at::Tensor& bias, bool relu) const;
 
   ComputeType type_ = ComputeType::Float32;
   int64_t out_ = 0, in_ = 0;

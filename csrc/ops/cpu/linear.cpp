@@ -27,6 +27,8 @@
 #include "../ops.h"
 #include "vec.h"
 
+
+
 namespace seq2seq {
 namespace {
 
@@ -278,6 +280,12 @@ inline void store_columns(float* y, int64_t c0, int64_t width, int64_t v, cpu::v
   if (n > 0) std::memcpy(y + c0 + j, &sums, n * sizeof(float));
 }
 
+// How far ahead of the sums the few-rows kernels ask for their weights: 32 panel rows (4 KiB
+// of float32 on AVX2). The hardware's own prefetcher left a pass over half of each panel row
+// waiting on memory: 5 rows of a step's products took 1.7 ms on one core of an AMD EPYC
+// (Zen 3) without, 1.4 ms with (benchmarks/step_products.py).
+constexpr int64_t kPrefetchRows = 32;
+
 // R rows of x times one float32 group: the sums start from the bias and add x[k] * w[k] for
 // k = 0, 1, ... in order, one FMA each.
 template <int R>
@@ -292,6 +300,7 @@ void float_group(const float* __restrict xp, int64_t in, const float* __restrict
     }
     const float* w = wg + s * cpu::kLanes;
     for (int64_t k = 0; k < in; ++k, w += kPanelWidth) {
+      for (int64_t line = 0; line < P * cpu::kLanes; line += 16) __builtin_prefetch(w + kPrefetchRows * kPanelWidth + line);
       cpu::vfloat wv[P];
       for (int64_t p = 0; p < P; ++p) wv[p] = cpu::load_lanes(w + p * cpu::kLanes);
       for (int r = 0; r < R; ++r) {
@@ -305,7 +314,9 @@ void float_group(const float* __restrict xp, int64_t in, const float* __restrict
   }
 }
 
-constexpr int64_t kFloatGroupRows = cpu::kLanes >= 16 ? 24 : 12;
+// AVX2 takes 6 rows at once, 12 sums in registers: 8 loads for 12 FMAs a step of k, where 12
+// rows (one register of columns) took 13 loads for 12 FMAs, and its load ports were the limit.
+constexpr int64_t kFloatGroupRows = cpu::kLanes >= 16 ? 24 : 6;
 
 template <int... R>
 constexpr auto float_group_kernels(std::integer_sequence<int, R...>) {
@@ -415,6 +426,8 @@ void bf16_group(const float* __restrict xs, int64_t half, const uint16_t* __rest
     cpu::vfloat acc[R][P] = {};
     const uint16_t* w = wg + s * cpu::kLanes * 2;
     for (int64_t k = 0; k < half; ++k, w += kPanelWidth * 2) {
+      for (int64_t line = 0; line < P * cpu::kLanes * 2; line += 32)
+        __builtin_prefetch(w + kPrefetchRows * kPanelWidth * 2 + line);
       for (int64_t p = 0; p < P; ++p) {
         cpu::vfloat even, odd;
         bf16_pair_lanes(w + p * cpu::kLanes * 2, even, odd);
@@ -436,7 +449,7 @@ void bf16_group(const float* __restrict xs, int64_t half, const uint16_t* __rest
   }
 }
 
-constexpr int64_t kBf16GroupRows = cpu::kLanes >= 16 ? 16 : 8;
+constexpr int64_t kBf16GroupRows = cpu::kLanes >= 16 ? 16 : 4;  // AVX2: 8 sums, as float32's 12
 
 template <int... R>
 constexpr auto bf16_group_kernels(std::integer_sequence<int, R...>) {
