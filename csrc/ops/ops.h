@@ -149,5 +149,10 @@ bool mkl_is_fastest_here();
 // beam, or of one short source. oneDNN's bf16 product costs
 // 30-60 us a call whatever its size, more than reading the weights of most layers.
 at::Tensor linear_bf16_rows(const at::Tensor& x, const Panels& weight, const at::Tensor& bias, bool relu = false);
+// x (float32) rounded to bfloat16 values, kept in float32: a new tensor, in one pass.
+at::Tensor round_to_bf16(const at::Tensor& x);
+// y (float32, contiguous) rounded to bfloat16 values in place, then the bias (float32, or
+// undefined) added and the ReLU applied: the end of a bfloat16 product summed in float32.
+void round_to_bf16_(at::Tensor& y, const at::Tensor& bias, bool relu);
 
 }  // namespace seq2seq

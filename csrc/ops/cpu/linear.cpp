@@ -280,11 +280,12 @@ inline void store_columns(float* y, int64_t c0, int64_t width, int64_t v, cpu::v
   if (n > 0) std::memcpy(y + c0 + j, &sums, n * sizeof(float));
 }
 
-// How far ahead of the sums the few-rows kernels ask for their weights: 32 panel rows (4 KiB
-// of float32 on AVX2). The hardware's own prefetcher left a pass over half of each panel row
+// How far ahead of the sums the few-rows kernels ask for their weights on AVX2: 32 panel rows
+// (4 KiB of float32). The hardware's own prefetcher left a pass over half of each panel row
 // waiting on memory: 5 rows of a step's products took 1.7 ms on one core of an AMD EPYC
-// (Zen 3) without, 1.4 ms with (benchmarks/step_products.py).
-constexpr int64_t kPrefetchRows = 32;
+// (Zen 3) without, 1.4 ms with (benchmarks/step_products.py). Not measured with AVX-512, so
+// not asked there (0).
+constexpr int64_t kPrefetchRows = cpu::kLanes >= 16 ? 0 : 32;
 
 // R rows of x times one float32 group: the sums start from the bias and add x[k] * w[k] for
 // k = 0, 1, ... in order, one FMA each.
@@ -300,7 +301,8 @@ void float_group(const float* __restrict xp, int64_t in, const float* __restrict
     }
     const float* w = wg + s * cpu::kLanes;
     for (int64_t k = 0; k < in; ++k, w += kPanelWidth) {
-      for (int64_t line = 0; line < P * cpu::kLanes; line += 16) __builtin_prefetch(w + kPrefetchRows * kPanelWidth + line);
+      if constexpr (kPrefetchRows > 0)
+        for (int64_t line = 0; line < P * cpu::kLanes; line += 16) __builtin_prefetch(w + kPrefetchRows * kPanelWidth + line);
       cpu::vfloat wv[P];
       for (int64_t p = 0; p < P; ++p) wv[p] = cpu::load_lanes(w + p * cpu::kLanes);
       for (int r = 0; r < R; ++r) {
@@ -426,8 +428,9 @@ void bf16_group(const float* __restrict xs, int64_t half, const uint16_t* __rest
     cpu::vfloat acc[R][P] = {};
     const uint16_t* w = wg + s * cpu::kLanes * 2;
     for (int64_t k = 0; k < half; ++k, w += kPanelWidth * 2) {
-      for (int64_t line = 0; line < P * cpu::kLanes * 2; line += 32)
-        __builtin_prefetch(w + kPrefetchRows * kPanelWidth * 2 + line);
+      if constexpr (kPrefetchRows > 0)
+        for (int64_t line = 0; line < P * cpu::kLanes * 2; line += 32)
+          __builtin_prefetch(w + kPrefetchRows * kPanelWidth * 2 + line);
       for (int64_t p = 0; p < P; ++p) {
         cpu::vfloat even, odd;
         bf16_pair_lanes(w + p * cpu::kLanes * 2, even, odd);
@@ -483,6 +486,33 @@ at::Tensor linear_bf16_rows(const at::Tensor& x, const Panels& weight, const at:
                                  yp + r0 * out, out, relu);
                  });
   return y;
+}
+
+at::Tensor round_to_bf16(const at::Tensor& x) {
+  check_float(x, "x", 2);
+  const auto xc = x.contiguous();
+  auto y = at::empty_like(xc);
+  const float* xp = xc.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t i = 0, n = xc.numel(); i < n; ++i) yp[i] = bf16_to_float(float_to_bf16(xp[i]));
+  return y;
+}
+
+void round_to_bf16_(at::Tensor& y, const at::Tensor& bias, bool relu) {
+  check_float(y, "y", 2);
+  check(y.is_contiguous(), "round_to_bf16_ needs a contiguous y");
+  const int64_t rows = y.size(0), cols = y.size(1);
+  check(!bias.defined() || (bias.scalar_type() == at::kFloat && bias.numel() == cols && bias.is_contiguous()),
+        "bias must hold " + std::to_string(cols) + " contiguous float32 values");
+  float* yp = y.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = yp + r * cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = bf16_to_float(float_to_bf16(row[c])) + (bp ? bp[c] : 0.f);
+      row[c] = relu && !(v > 0.f) ? 0.f : v;
+    }
+  }
 }
 
 namespace {
