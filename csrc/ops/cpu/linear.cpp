@@ -488,13 +488,18 @@ at::Tensor linear_bf16_rows(const at::Tensor& x, const Panels& weight, const at:
   return y;
 }
 
+// Both roundings split their rows across the threads: a step's output layer at beam 5 of 32
+// sentences is 160 x 4000 sums, a pass over 2.5 MB that one core made a tenth of the product.
 at::Tensor round_to_bf16(const at::Tensor& x) {
   check_float(x, "x", 2);
   const auto xc = x.contiguous();
   auto y = at::empty_like(xc);
   const float* xp = xc.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  for (int64_t i = 0, n = xc.numel(); i < n; ++i) yp[i] = bf16_to_float(float_to_bf16(xp[i]));
+  const int64_t cols = xc.size(1);
+  at::parallel_for(0, xc.size(0), std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0 * cols; i < r1 * cols; ++i) yp[i] = bf16_to_float(float_to_bf16(xp[i]));
+  });
   return y;
 }
 
@@ -506,13 +511,15 @@ void round_to_bf16_(at::Tensor& y, const at::Tensor& bias, bool relu) {
         "bias must hold " + std::to_string(cols) + " contiguous float32 values");
   float* yp = y.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = yp + r * cols;
-    for (int64_t c = 0; c < cols; ++c) {
-      const float v = bf16_to_float(float_to_bf16(row[c])) + (bp ? bp[c] : 0.f);
-      row[c] = relu && !(v > 0.f) ? 0.f : v;
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = yp + r * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        const float v = bf16_to_float(float_to_bf16(row[c])) + (bp ? bp[c] : 0.f);
+        row[c] = relu && !(v > 0.f) ? 0.f : v;
+      }
     }
-  }
+  });
 }
 
 namespace {
