@@ -94,15 +94,20 @@ CpuLoad cpu_load_now() {
   return sampler.load;
 }
 
-int64_t follow_load(int64_t configured) {
+LoadThreads::LoadThreads() {
   static const bool fixed = [] {
     const char* v = std::getenv("SEQ2SEQ_THREADS_FOLLOW_LOAD");
     return v && std::strcmp(v, "0") == 0;
   }();
-  const CpuLoad load = fixed ? CpuLoad{} : cpu_load_now();
-  const int64_t threads = fixed ? configured : threads_for_load(configured, load.cores, load.others_busy);
-  if (at::get_num_threads() != threads) at::set_num_threads(static_cast<int>(threads));
-  return threads;
+  before_ = during_ = at::get_num_threads();
+  if (fixed || before_ == 1) return;
+  const CpuLoad load = cpu_load_now();
+  during_ = threads_for_load(before_, load.cores, load.others_busy);
+  if (during_ != before_) at::set_num_threads(static_cast<int>(during_));
+}
+
+LoadThreads::~LoadThreads() {
+  if (during_ != before_) at::set_num_threads(static_cast<int>(before_));
 }
 
 }  // namespace seq2seq

@@ -23,8 +23,18 @@ struct CpuLoad {
 };
 CpuLoad cpu_load_now();
 
-// Sets this thread's intra-op thread count for a decoding call: threads_for_load over
-// cpu_load_now(), unless SEQ2SEQ_THREADS_FOLLOW_LOAD=0 fixes it at `configured`. Returns it.
-int64_t follow_load(int64_t configured);
+// For one decoding call on this thread: the intra-op threads set now (torch.set_num_threads,
+// Engine's `threads`) less threads_for_load's share of the cores others keep busy, and the
+// count as it was once the call ends. SEQ2SEQ_THREADS_FOLLOW_LOAD=0 leaves the count alone.
+class LoadThreads {
+ public:
+  LoadThreads();
+  ~LoadThreads();
+  LoadThreads(const LoadThreads&) = delete;
+  LoadThreads& operator=(const LoadThreads&) = delete;
+
+ private:
+  int64_t before_ = 0, during_ = 0;
+};
 
 }  // namespace seq2seq

@@ -53,7 +53,6 @@ Engine::Engine(const std::string& model_config_json, const Weights& weights, int
 void Engine::build(const std::string& model_config_json, const Weights& weights, int64_t threads,
                    const at::Device& device) {
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
-  threads_ = at::get_num_threads();
   // float32 means float32 on a GPU too, as the Python reference computes it: no TF32 products.
   if (device.is_cuda()) {
     at::globalContext().setAllowTF32CuBLAS(false);
@@ -66,7 +65,8 @@ void Engine::build(const std::string& model_config_json, const Weights& weights,
 Results Engine::translate(const std::vector<std::vector<int64_t>>& sources, const DecodeOptions& opts,
                           const Abandoned& abandoned) const {
   ReferenceOps reference(reference_ops_);
-  if (model_->options.device().is_cpu()) follow_load(threads_);
+  std::optional<LoadThreads> threads;
+  if (model_->options.device().is_cpu()) threads.emplace();
   return decode(*model_, sources, opts, abandoned);
 }
 

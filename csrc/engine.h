@@ -16,7 +16,7 @@ class Engine {
  public:
   // An export directory (seq2seq export): config.json and model.safetensors.
   // threads > 0 sets the intra-op thread count of the process; on the CPU a call takes
-  // fewer while other processes keep cores busy (cpu_load.h). compute_type "float32"
+  // fewer while other processes keep cores busy (cpu_load.h, LoadThreads). compute_type "float32"
   // decodes with the weights as given (the parity reference); "int8" quantizes the decoder's
   // matrices per output channel, "bfloat16" multiplies them in bfloat16.
   // ops "device" runs the device's kernels (ops/cpu/ on the CPU); "reference" the ATen
@@ -44,7 +44,6 @@ class Engine {
 
   ComputeType compute_type_;
   bool reference_ops_ = false;
-  int64_t threads_ = 1;  // the most a call takes
   std::unique_ptr<Model> model_;
 };
 

@@ -758,3 +758,25 @@ def test_each_product_names_its_kernel_by_the_rule_it_runs():
     assert _C.dense_kernels("int8", 512, 256, [160]) == ["FBGEMM"]
     with pytest.raises(ValueError, match="compute_type must be float32, int8 or bfloat16"):
         _C.dense_kernels("float16", 8, 8, [1])
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: one kept busy, one to decode on")
+def test_a_busy_core_is_seen_and_a_call_leaves_the_thread_count_as_it_was(tmp_path):
+    import time
+
+    from seq2seq import _C
+    from seq2seq.bench import BusyCores
+
+    engine = Engine(random_export(tmp_path, "transformer-pre"))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with BusyCores(1):
+            time.sleep(0.5)  # the spinning process starts
+            _C.cpu_load()
+            time.sleep(0.5)  # one window of the sampler
+            assert _C.cpu_load()[1] >= 0.5
+            engine.decode_ids([[5, 6, 7]], DecodingOptions(beam_size=2, max_length=4))
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
