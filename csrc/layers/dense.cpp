@@ -1,8 +1,5 @@
 #include "dense.h"
 
-#include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
-
 #include "../common.h"
 #include "../ops/ops.h"
 
@@ -103,10 +100,6 @@ Dense::Kernel Dense::choose_float32(int64_t rows) const {
   // oneDNN costs about 10 us a call more than MKL, which a small product does not earn back
   // (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
   if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19)) return Kernel::OneDnn;
-  // MKL multiplies a few rows on one thread, so a decoding step of one sentence read its
-  // weights with one core: the columns are split across the threads instead (Tatoeba
-  // Transformer, 2 threads: 1.36x the sentences/s at greedy batch 1, 1.25x at beam 5 batch 4).
-  if (at::get_num_threads() > 1 && rows <= 8 && in_ * out_ >= (int64_t{1} << 16)) return Kernel::MklColumns;
   return Kernel::Mkl;
 }
 
@@ -115,7 +108,6 @@ std::string Dense::kernel_name(Kernel kernel) {
     case Kernel::Device: return "ATen (device)";
     case Kernel::Panels: return "engine panels";
     case Kernel::OneDnn: return "oneDNN";
-    case Kernel::MklColumns: return "MKL, columns split";
     case Kernel::Mkl: return "MKL";
     case Kernel::Int8Rows: return "engine int8 rows";
     case Kernel::Fbgemm: return "FBGEMM";
@@ -167,20 +159,7 @@ at::Tensor Dense::apply(const at::Tensor& x, bool relu) const {
 at::Tensor Dense::float32(Kernel kernel, const at::Tensor& x, const at::Tensor& bias, bool relu) const {
   if (kernel == Kernel::Panels) return linear_float_rows(x, panels_, bias, relu);
   if (kernel == Kernel::OneDnn) return linear_onednn(x, onednn_, bias, relu);
-  at::Tensor y;
-  if (kernel == Kernel::MklColumns) {
-    const int64_t threads = at::get_num_threads(), rows = x.size(0);
-    y = at::empty({rows, out_}, x.options());
-    at::parallel_for(0, out_, (out_ + threads - 1) / threads, [&](int64_t begin, int64_t end) {
-      c10::InferenceMode guard;  // per thread: y is an inference tensor
-      auto part = y.narrow(1, begin, end - begin);
-      const auto w = wt_.narrow(1, begin, end - begin);
-      if (bias.defined()) at::addmm_out(part, bias.narrow(0, begin, end - begin), x, w);
-      else at::mm_out(part, x, w);
-    });
-  } else {
-    y = bias.defined() ? at::addmm(bias, x, wt_) : at::mm(x, wt_);
-  }
+  at::Tensor y = bias.defined() ? at::addmm(bias, x, wt_) : at::mm(x, wt_);
   return relu ? y.relu_() : y;
 }
 

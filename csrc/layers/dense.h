@@ -39,12 +39,12 @@ class Dense {
   int64_t in_features() const { return in_; }
 
  private:
-  enum class Kernel { Device, Panels, OneDnn, MklColumns, Mkl, Int8Rows, Fbgemm, Bf16Panels, Bf16OneDnn, Bf16Float32 };
+  enum class Kernel { Device, Panels, OneDnn, Mkl, Int8Rows, Fbgemm, Bf16Panels, Bf16OneDnn, Bf16Float32 };
   Kernel choose(int64_t rows) const;
-  Kernel choose_float32(int64_t rows) const;  // Panels, OneDnn, MklColumns or Mkl
+  Kernel choose_float32(int64_t rows) const;  // Panels, OneDnn or Mkl
   static std::string kernel_name(Kernel kernel);
   at::Tensor apply(const at::Tensor& x, bool relu) const;
-  // x @ wt_ + bias by a float32 kernel (Panels, OneDnn, MklColumns or Mkl).
+  // x @ wt_ + bias by a float32 kernel (Panels, OneDnn or Mkl).
   at::Tensor float32(Kernel kernel, const at::Tensor& x, const at::Tensor& bias, bool relu) const;
 
   ComputeType type_ = ComputeType::Float32;
