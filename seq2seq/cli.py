@@ -660,6 +660,20 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_import_marian(args) -> int:
+    from seq2seq.export import load_export
+    from seq2seq.marian import import_marian
+
+    out = import_marian(args.folder, args.out)
+    exp = load_export(out)  # what was written must load
+    cfg = exp.model_cfg
+    print(f"{out}: Marian Transformer of {args.folder}, {sum(t.numel() for t in exp.tensors.values()):,} parameters, "
+          f"{cfg.enc_layers}+{cfg.dec_layers} layers, d_model {cfg.d_model}, {cfg.activation}, vocabulary "
+          f"{cfg.tgt_vocab:,}")
+    print("decoding defaults: " + ", ".join(f"{k}={v}" for k, v in exp.decoding.items()))
+    return 0
+
+
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="a training checkpoint (.pt), its out_dir (uses best.pt), or an export directory")
@@ -745,6 +759,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", choices=("float32", "int8"), default="float32",
                    help="the stored weights' type (default float32)")
     p.set_defaults(func=cmd_convert)
+
+    p = commands.add_parser("import", help="write a pretrained model of another toolkit as an export (OPUS-MT)")
+    sub = p.add_subparsers(dest="import_command", required=True)
+    q = sub.add_parser("marian", help="a Hugging Face Marian directory (Helsinki-NLP/opus-mt-*, save_pretrained)")
+    q.add_argument("folder", help="the directory: config.json, model.safetensors or pytorch_model.bin, source.spm, "
+                                  "target.spm, vocab.json")
+    q.add_argument("out", help="the export directory to write")
+    q.set_defaults(func=cmd_import_marian)
 
     p = commands.add_parser("plot-attention", help="PNG heatmaps of attention weights")
     add_model_flags(p)

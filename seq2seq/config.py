@@ -129,13 +129,15 @@ class ModelConfig:
     positions: str = "sinusoidal"  # or "learned"
     max_positions: int = 1024
     tie_embeddings: bool = False  # share the target embedding with the output projection
+    activation: str = "relu"  # the feed-forward's: "relu", "gelu" (erf) or "swish" (SiLU, OPUS-MT's)
+    scale_embeddings: bool = True  # embeddings times sqrt(d_model) before the positions are added
 
 
 def validate_model_config(cfg: ModelConfig) -> None:
     check_choices(cfg, {
         "family": ("rnn", "attention", "transformer"), "cell": ("lstm", "gru"),
         "attention": ("bahdanau", "dot", "general", "concat"), "norm": ("pre", "post"),
-        "positions": ("sinusoidal", "learned"),
+        "positions": ("sinusoidal", "learned"), "activation": ("relu", "gelu", "swish"),
     })
     if cfg.src_vocab <= 4 or cfg.tgt_vocab <= 4:
         raise ValueError("ModelConfig.src_vocab and tgt_vocab must be set from the tokenizer (more than 4 ids)")

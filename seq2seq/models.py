@@ -323,9 +323,12 @@ class MultiHeadAttention(nn.Module):
         return self.drop(self.out_proj(out)), weights
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
+
+
 class FeedForward(nn.Sequential):
-    def __init__(self, d_model: int, ff_dim: int, dropout: float):
-        super().__init__(nn.Linear(d_model, ff_dim), nn.ReLU(), nn.Dropout(dropout),
+    def __init__(self, d_model: int, ff_dim: int, dropout: float, activation: str = "relu"):
+        super().__init__(nn.Linear(d_model, ff_dim), ACTIVATIONS[activation](), nn.Dropout(dropout),
                          nn.Linear(ff_dim, d_model), nn.Dropout(dropout))
 
 
@@ -349,7 +352,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         pre = cfg.norm == "pre"
         self.attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout, cfg.activation)
         self.sub1, self.sub2 = Sublayer(cfg.d_model, pre), Sublayer(cfg.d_model, pre)
 
     def forward(self, x, mask):
@@ -363,7 +366,7 @@ class DecoderLayer(nn.Module):
         pre = cfg.norm == "pre"
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.ff_dim, cfg.dropout, cfg.activation)
         self.subs = nn.ModuleList(Sublayer(cfg.d_model, pre) for _ in range(3))
 
     def forward(self, x, self_kv, self_mask, cross_kv, cross_mask):
@@ -419,7 +422,8 @@ class Transformer(Seq2Seq):
         if start + n > self.cfg.max_positions:
             raise ValueError(f"sequence of {start + n} tokens exceeds ModelConfig.max_positions={self.cfg.max_positions}")
         pos = self.pos.weight[start:start + n] if self.cfg.positions == "learned" else self.pos_table[start:start + n]
-        return self.drop(table(ids) * math.sqrt(self.cfg.d_model) + pos)
+        scale = math.sqrt(self.cfg.d_model) if self.cfg.scale_embeddings else 1.0
+        return self.drop(table(ids) * scale + pos)
 
     def encode(self, src, src_lengths) -> State:
         mask = (src != PAD)[:, None, None, :]

@@ -31,6 +31,10 @@ TRANSFORMER_VARIANTS = {
                                                                   heads=1, d_model=24, ff_dim=40, enc_layers=3,
                                                                   dec_layers=1)),
     "transformer-pre-odd-width": ("transformer-pre", dict(d_model=18, heads=3, ff_dim=20)),
+    "transformer-pre-gelu": ("transformer-pre", dict(activation="gelu")),
+    # OPUS-MT's: swish, post-norm; and embeddings as they are (Marian's scale_embedding=false)
+    "transformer-post-swish-unscaled": ("transformer-post", dict(activation="swish", scale_embeddings=False,
+                                                                 positions="learned", tie_embeddings=True)),
 }
 ENGINE_FAMILIES = sorted(FAMILIES) + sorted(TRANSFORMER_VARIANTS)
 TRANSFORMERS = [name for name in ENGINE_FAMILIES if name.startswith("transformer")]

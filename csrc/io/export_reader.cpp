@@ -231,15 +231,24 @@ TokenizerFiles tokenizer_files(const std::string& dir) {
                                "translator does not reproduce; translate with `seq2seq translate` instead");
   const std::string tok_path = dir + "/tokenizer.json";
   const json tok = parse_json(read_file(tok_path), tok_path);
-  auto model_file = [&](const char* side) -> std::string {
+  // (model file, vocabulary file or "") of one side
+  auto files = [&](const char* side) -> std::pair<std::string, std::string> {
     const json& entry = tok.at(side);
     if (entry.value("kind", "") != "sentencepiece")
       fail(tok_path, std::string("the ") + side + " tokenizer is " + entry.value("kind", "unknown") +
                          "; the C++ translator reads SentencePiece tokenizers only");
-    return dir + "/" + entry.at("model").get<std::string>();
+    return {dir + "/" + entry.at("model").get<std::string>(),
+            entry.contains("vocab") ? dir + "/" + entry.at("vocab").get<std::string>() : ""};
   };
-  if (tok.contains("joint")) return {model_file("joint"), model_file("joint")};
-  if (tok.contains("src") && tok.contains("tgt")) return {model_file("src"), model_file("tgt")};
+  if (tok.contains("joint")) {
+    const auto [model, vocab] = files("joint");
+    return {model, model, vocab, vocab};
+  }
+  if (tok.contains("src") && tok.contains("tgt")) {
+    const auto [src, src_vocab] = files("src");
+    const auto [tgt, tgt_vocab] = files("tgt");
+    return {src, tgt, src_vocab, tgt_vocab};
+  }
   fail(tok_path, "names neither a joint tokenizer nor src and tgt ones");
 }
 

@@ -28,6 +28,7 @@ DecodeOptions decoding_defaults(const std::string& dir);
 // themselves; refuses exports whose text normalization they do not reproduce.
 struct TokenizerFiles {
   std::string source, target;
+  std::string source_vocab, target_vocab;  // empty where the SentencePiece ids are the token ids
 };
 TokenizerFiles tokenizer_files(const std::string& dir);
 

@@ -3,15 +3,18 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <mutex>
 #include <stdexcept>
+#include <unordered_set>
 
 #include "../common.h"
 
 namespace seq2seq {
 namespace {
 
-using Load = Tokenizer* (*)(const char*, std::string*);
+using Load = Tokenizer* (*)(const char*, const std::vector<std::string>*, std::string*);
 
 // The directory of the running executable, where the build puts libseq2seq_sentencepiece.so.
 std::string program_dir() {
@@ -42,10 +45,35 @@ Load loader() {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path) {
+namespace {
+
+std::vector<std::string> read_vocab(const std::string& path) {
+  nlohmann::json list;
+  try {
+    list = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error(path + ": malformed JSON (" + e.what() + ")");
+  }
+  if (!list.is_array() || list.size() <= static_cast<size_t>(kEos))
+    throw std::runtime_error(path + ": a vocabulary is a JSON list of more than 4 pieces, the specials first");
+  std::vector<std::string> pieces;
+  std::unordered_set<std::string> seen;
+  for (const auto& piece : list) {
+    if (!piece.is_string()) throw std::runtime_error(path + ": every entry of a vocabulary is a piece (a string)");
+    if (!seen.insert(piece.get<std::string>()).second)
+      throw std::runtime_error(path + ": the vocabulary lists a piece more than once; each id needs its own piece");
+    pieces.push_back(piece.get<std::string>());
+  }
+  return pieces;
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path, const std::string& vocab_path) {
   regular_file_size(path);  // a FIFO or a device would block or exhaust SentencePiece's reader
+  const std::vector<std::string> vocab = vocab_path.empty() ? std::vector<std::string>{} : read_vocab(vocab_path);
   std::string error;
-  Tokenizer* t = loader()(path.c_str(), &error);
+  Tokenizer* t = loader()(path.c_str(), &vocab, &error);
   if (!t) throw std::runtime_error(error);
   return std::unique_ptr<Tokenizer>(t);
 }

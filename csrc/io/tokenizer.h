@@ -28,6 +28,9 @@ class Tokenizer {
 };
 
 // Loads the model file; throws std::runtime_error naming the file (or the missing library).
-std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path);
+// vocab_path, when not empty, names a JSON list of pieces, one per token id (an imported
+// model's shared vocabulary, as seq2seq/data/tokenizers.py reads it): the ids are then the
+// pieces' places in that list, a piece it lacks being <unk>.
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& path, const std::string& vocab_path = "");
 
 }  // namespace seq2seq

@@ -33,14 +33,26 @@ std::pair<at::Tensor, at::Tensor> LayerNorm::add(const at::Tensor& x, const at::
   return {sum, normed};
 }
 
-FeedForward::FeedForward(WeightReader& w, const std::string& prefix, int64_t d, int64_t ff_dim, ComputeType type)
+Activation parse_activation(const std::string& name) {
+  if (name == "relu") return Activation::Relu;
+  if (name == "gelu") return Activation::Gelu;
+  if (name == "swish") return Activation::Swish;
+  throw std::invalid_argument("model.activation must be relu, gelu or swish, not " + name);
+}
+
+FeedForward::FeedForward(WeightReader& w, const std::string& prefix, int64_t d, int64_t ff_dim, ComputeType type,
+                         Activation activation)
     : inner(w.dense(prefix + ".0.weight", prefix + ".0.bias", ff_dim, d, type)),
-      outer(w.dense(prefix + ".3.weight", prefix + ".3.bias", d, ff_dim, type)) {}
+      outer(w.dense(prefix + ".3.weight", prefix + ".3.bias", d, ff_dim, type)),
+      activation(activation) {}
 
 at::Tensor FeedForward::operator()(const at::Tensor& x) const {
-  if (x.dim() == 2) return outer(inner.relu(x));
-  const auto flat = x.reshape({-1, x.size(-1)});
-  return outer(inner.relu(flat)).view(x.sizes());
+  const auto flat = x.dim() == 2 ? x : x.reshape({-1, x.size(-1)});
+  at::Tensor hidden = activation == Activation::Relu ? inner.relu(flat) : inner(flat);  // ReLU: in the kernel
+  if (activation == Activation::Gelu) at::gelu_(hidden);
+  if (activation == Activation::Swish) at::silu_(hidden);
+  const auto y = outer(hidden);
+  return x.dim() == 2 ? y : y.view(x.sizes());
 }
 
 MultiHeadAttention::MultiHeadAttention(WeightReader& w, const std::string& prefix, int64_t d, int64_t heads,

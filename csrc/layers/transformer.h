@@ -17,12 +17,12 @@ namespace seq2seq {
 at::Tensor sinusoidal_positions(int64_t n, int64_t d);
 
 struct Embeddings {
-  at::Tensor scaled, positions;  // (vocabulary, d): the embeddings times sqrt(d); (max positions, d)
+  at::Tensor scaled, positions;  // (vocabulary, d): the embeddings times sqrt(d) or as they are; (max positions, d)
   Embeddings() = default;
   // The scaling done once: the same float32 products as at every lookup.
-  Embeddings(const at::Tensor& table, const at::Tensor& positions)
-      : scaled(table * std::sqrt(static_cast<double>(table.size(1)))), positions(positions) {}
-  // table[ids] * sqrt(d) + positions[start + t], ids (N, T) -> (N, T, d).
+  Embeddings(const at::Tensor& table, const at::Tensor& positions, bool scale)
+      : scaled(scale ? table * std::sqrt(static_cast<double>(table.size(1))) : table), positions(positions) {}
+  // scaled[ids] + positions[start + t], ids (N, T) -> (N, T, d).
   at::Tensor operator()(const at::Tensor& ids, int64_t start) const;
 };
 
@@ -35,10 +35,17 @@ struct LayerNorm {
   std::pair<at::Tensor, at::Tensor> add(const at::Tensor& x, const at::Tensor& residual) const;
 };
 
+// seq2seq.models.ACTIVATIONS: ReLU, GELU (the exact, erf one) and swish (SiLU).
+enum class Activation { Relu, Gelu, Swish };
+// model.activation's value; std::invalid_argument naming the choices otherwise.
+Activation parse_activation(const std::string& name);
+
 struct FeedForward {
-  Dense inner, outer;  // d -> ff_dim, ReLU, ff_dim -> d
+  Dense inner, outer;  // d -> ff_dim, the activation, ff_dim -> d
+  Activation activation = Activation::Relu;
   FeedForward() = default;
-  FeedForward(WeightReader& w, const std::string& prefix, int64_t d, int64_t ff_dim, ComputeType type);
+  FeedForward(WeightReader& w, const std::string& prefix, int64_t d, int64_t ff_dim, ComputeType type,
+              Activation activation);
   at::Tensor operator()(const at::Tensor& x) const;
 };
 

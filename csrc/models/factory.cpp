@@ -20,9 +20,10 @@ const std::pair<const char*, Kind> kFields[] = {
     {"bidirectional", kBool}, {"context_feed", kBool}, {"attention", kString}, {"attention_dim", kInteger},
     {"input_feed", kBool}, {"d_model", kInteger}, {"heads", kInteger}, {"ff_dim", kInteger},
     {"enc_layers", kInteger}, {"dec_layers", kInteger}, {"norm", kString}, {"positions", kString},
-    {"max_positions", kInteger}, {"tie_embeddings", kBool}, {"copy", kBool}};
-// Fields added after exports were first written: absent means their default (false).
-const char* const kOptional[] = {"copy"};
+    {"max_positions", kInteger}, {"tie_embeddings", kBool}, {"copy", kBool},
+    {"activation", kString}, {"scale_embeddings", kBool}};
+// Fields added after exports were first written: absent means ModelConfig's default.
+const char* const kOptional[] = {"copy", "activation", "scale_embeddings"};
 
 // Read once check_model_config has passed: every type is as kFields says.
 template <typename T>
@@ -110,7 +111,9 @@ std::unique_ptr<Model> create_model(const std::string& model_config_json, const 
     TransformerConfig c{src_vocab, tgt_vocab, field<int64_t>(m, "d_model"), field<int64_t>(m, "heads"),
                         field<int64_t>(m, "ff_dim"), field<int64_t>(m, "enc_layers"), field<int64_t>(m, "dec_layers"),
                         field<int64_t>(m, "max_positions"), norm == "pre", positions == "learned",
-                        field<bool>(m, "tie_embeddings"), m.value("copy", false)};
+                        field<bool>(m, "tie_embeddings"), m.value("copy", false),
+                        parse_activation(m.value("activation", std::string("relu"))),
+                        m.value("scale_embeddings", true)};
     WeightReader reader(weights, device);
     auto model = create_transformer(c, reader, compute_type);
     model->options = model->options.device(device);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../layers/dense.h"
+#include "../layers/transformer.h"
 
 
 namespace seq2seq {
@@ -94,6 +95,8 @@ struct TransformerConfig {
   int64_t src_vocab, tgt_vocab, d_model, heads, ff_dim, enc_layers, dec_layers, max_positions;
   bool pre_norm, learned_positions, tie_embeddings;
   bool copy;  // the pointer-generator over the last layer's cross-attention, its heads averaged
+  Activation activation;  // the feed-forward's
+  bool scale_embeddings;  // embeddings times sqrt(d_model)
 };
 std::unique_ptr<Model> create_transformer(const TransformerConfig& cfg, WeightReader& weights, ComputeType type);
 

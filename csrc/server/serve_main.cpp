@@ -216,8 +216,8 @@ std::unique_ptr<Model> load_model(const std::string& name, const std::string& di
   m->src_vocab = m->engine->model().source_vocabulary;
   m->tgt_vocab = m->engine->model().target_vocabulary;
   const TokenizerFiles tokenizers = tokenizer_files(dir);
-  m->src = load_sentencepiece(tokenizers.source);
-  m->tgt = load_sentencepiece(tokenizers.target);
+  m->src = load_sentencepiece(tokenizers.source, tokenizers.source_vocab);
+  m->tgt = load_sentencepiece(tokenizers.target, tokenizers.target_vocab);
   for (int64_t id = 0; id < m->tgt_vocab; ++id)  // a token's piece alone, and the space before it
     m->token_bytes = std::max(m->token_bytes, static_cast<int64_t>(m->tgt->decode({id}).size()) + 1);
   const Engine* engine = m->engine.get();

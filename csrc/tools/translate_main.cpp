@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
 
     const TokenizerFiles tokenizers = tokenizer_files(dir);
     Engine engine(dir, threads, compute_type, "device", device);
-    const auto src_sp = load_sentencepiece(tokenizers.source), tgt_sp = load_sentencepiece(tokenizers.target);
+    const auto src_sp = load_sentencepiece(tokenizers.source, tokenizers.source_vocab),
+               tgt_sp = load_sentencepiece(tokenizers.target, tokenizers.target_vocab);
 
     std::vector<std::string> lines;
     auto flush = [&](size_t first_line) {

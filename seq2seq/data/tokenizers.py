@@ -27,14 +27,28 @@ WORD_START = "\u2581"  # marks a token that follows a space, as SentencePiece do
 
 
 class SentencePieceTokenizer:
+    """A SentencePiece model whose own ids are the token ids, or, given ``vocab`` (the piece
+    of each id, the specials at 0-3), one whose pieces are looked up in that list: the
+    shared vocabulary of an imported model (seq2seq/marian.py), where a piece the list lacks
+    is <unk>."""
+
     kind = "sentencepiece"
 
-    def __init__(self, model_proto: bytes):
+    def __init__(self, model_proto: bytes, vocab: list[str] | None = None):
         self.model_proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
-        if ids != (PAD, UNK, BOS, EOS):
-            raise DataError(f"SentencePiece model has special ids {ids}, expected {(PAD, UNK, BOS, EOS)}")
+        self.vocab = list(vocab) if vocab is not None else None
+        if self.vocab is None:
+            ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+            if ids != (PAD, UNK, BOS, EOS):
+                raise DataError(f"SentencePiece model has special ids {ids}, expected {(PAD, UNK, BOS, EOS)}")
+            return
+        if len(self.vocab) <= EOS or not all(isinstance(p, str) for p in self.vocab):
+            raise DataError(f"a vocabulary is a list of more than {EOS + 1} pieces, the specials first")
+        self.index = {p: i for i, p in enumerate(self.vocab)}
+        if len(self.index) != len(self.vocab):
+            twice = sorted({p for p in self.vocab if self.vocab.count(p) > 1})[:5]
+            raise DataError(f"the vocabulary lists piece(s) {twice} more than once; each id needs its own piece")
 
     @classmethod
     def train(cls, sentences: list[str], vocab_size: int, model_type: str = "bpe", seed: int = 1):
@@ -66,22 +80,43 @@ class SentencePieceTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
+        return self.sp.get_piece_size() if self.vocab is None else len(self.vocab)
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text)
+        if self.vocab is None:
+            return self.sp.encode(text)
+        return [self.index.get(p, UNK) for p in self.vocab_pieces(text)]
 
     def pieces(self, text: str) -> list[str]:
-        return self.sp.encode(text, out_type=str)
+        if self.vocab is None:
+            return self.sp.encode(text, out_type=str)
+        return [p if p in self.index else SPECIALS[UNK] for p in self.vocab_pieces(text)]
+
+    def vocab_pieces(self, text: str) -> list[str]:
+        """A leading target-language code (">>fra<<", as multilingual OPUS-MT models take) is
+        one piece, the rest SentencePiece's: MarianTokenizer's rule."""
+        end = text.find("<<") if text.startswith(">>") else -1
+        code, text = ([text[:end + 2]], text[end + 2:]) if end != -1 else ([], text)
+        return code + self.sp.encode(text, out_type=str)
 
     def decode(self, ids: list[int]) -> str:
-        return self.sp.decode([i for i in ids if i > EOS or i == UNK])
+        kept = [i for i in ids if i > EOS or i == UNK]
+        if self.vocab is None:
+            return self.sp.decode(kept)
+        # A piece of the shared vocabulary that this side's model lacks keeps its word marks
+        # through decode_pieces; they become spaces afterwards, as in MarianTokenizer.
+        return self.sp.decode_pieces([self.vocab[i] for i in kept]).replace(WORD_START, " ").strip()
 
     def id_pieces(self, ids: list[int]) -> list[str]:
-        return [self.sp.id_to_piece(i) for i in ids]
+        if self.vocab is None:
+            return [self.sp.id_to_piece(i) for i in ids]
+        return [self.vocab[i] for i in ids]
 
     def state(self) -> dict:
-        return {"kind": self.kind, "model_proto": self.model_proto}
+        state = {"kind": self.kind, "model_proto": self.model_proto}
+        if self.vocab is not None:
+            state["vocab"] = self.vocab
+        return state
 
 
 class WordTokenizer:
@@ -139,9 +174,21 @@ class WordTokenizer:
         return {"kind": self.kind, "tokens": self.tokens}
 
 
+def read_vocab(path: Path, named_in: Path) -> list[str]:
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: vocabulary named in {named_in} is missing") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    if not isinstance(vocab, list):
+        raise DataError(f"{path}: a vocabulary is a JSON list of pieces, one per token id")
+    return vocab
+
+
 def tokenizer_from_state(state: dict):
     if state.get("kind") == "sentencepiece":
-        return SentencePieceTokenizer(state["model_proto"])
+        return SentencePieceTokenizer(state["model_proto"], state.get("vocab"))
     if state.get("kind") == "word":
         return WordTokenizer(state["tokens"])
     raise DataError(f"unknown tokenizer kind {state.get('kind')!r}; expected 'sentencepiece' or 'word'")
@@ -193,6 +240,10 @@ class PairTokenizer:
             if tok.kind == "sentencepiece":
                 (folder / f"{side}.model").write_bytes(tok.model_proto)
                 meta[side] = {"kind": tok.kind, "model": f"{side}.model"}
+                if tok.vocab is not None:  # a JSON list: the piece of each token id
+                    (folder / f"{side}.vocab.json").write_text(json.dumps(tok.vocab, ensure_ascii=False) + "\n",
+                                                               encoding="utf-8")
+                    meta[side]["vocab"] = f"{side}.vocab.json"
             else:
                 meta[side] = tok.state()
         meta["special_ids"] = dict(zip(SPECIALS, (PAD, UNK, BOS, EOS)))
@@ -217,5 +268,7 @@ class PairTokenizer:
                     if not model.exists():
                         raise DataError(f"{model}: SentencePiece model named in {path} is missing")
                     entry["model_proto"] = model.read_bytes()
+                    if "vocab" in entry:
+                        entry["vocab"] = read_vocab(folder / entry["vocab"], path)
                 state[side] = entry
         return cls.from_state(state)
