@@ -27,8 +27,10 @@ from seq2seq.data.tokenizers import EOS  # noqa: E402
 from seq2seq.decoding import decode  # noqa: E402
 from seq2seq.export import load_export  # noqa: E402
 from seq2seq.marian import MarianImportError, import_marian, marian_positions  # noqa: E402
+from tests.servers import SERVERS, Running  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+TRANSLATE_BINARY = ROOT / "build" / "cmake" / "seq2seq-translate"
 VOCAB = 300
 SYLLABLES = ("ka lo mi ne ru ta si po ve du an or el is ub ba zo ki fu le mo ny ga ri te ox ip ul ed ar "
              "é ü ß").split()
@@ -297,3 +299,32 @@ def test_marian_positions_are_transformers_table():
         table = MarianSinusoidalPositionalEmbedding(n, d)
         table._init_weight()
         assert torch.equal(marian_positions(n, d), table.weight.detach())
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_both_servers_serve_the_import_as_generate_translates(marian, server, tmp_path):
+    from seq2seq.server.client import pb
+
+    texts = TEXTS[:30]
+    _, out = marian.generate(texts, num_beams=1)
+    expected = marian.hf_tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+    srv = Running(server, marian.export_dir, tmp_path / "server.log")
+    try:
+        answer = srv.stub.Translate(pb.TranslateRequest(sentences=texts, options=pb.DecodingOptions(beam_size=1)),
+                                    timeout=120)
+        assert [t.hypotheses[0].text for t in answer.translations] == expected
+        # The export's defaults (OPUS-MT's beam of 4) apply where a request sets nothing.
+        described = srv.stub.ListModels(pb.ListModelsRequest(), timeout=30)
+        assert "beam_size: 4" in str(described)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(not TRANSLATE_BINARY.exists(), reason="seq2seq-translate is not built (make cpp)")
+def test_the_cpp_translator_translates_the_import_as_generate_does(marian):
+    texts = TEXTS[:30]
+    _, out = marian.generate(texts, num_beams=1)
+    done = subprocess.run([str(TRANSLATE_BINARY), str(marian.export_dir), "--beam-size", "1"], capture_output=True,
+                          input="\n".join(texts) + "\n", text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:-1] == marian.hf_tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
