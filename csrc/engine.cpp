@@ -1,5 +1,9 @@
 #include "engine.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
@@ -40,8 +44,16 @@ Engine::Engine(const std::string& export_dir, int64_t threads, const std::string
                const std::string& device)
     : compute_type_(parse_compute_type(compute_type)), reference_ops_(parse_reference_ops(ops)) {
   const auto where = parse_device(device);
-  const LoadedExport exp = load_export(export_dir);
-  build(exp.model_config, exp.weights, threads, where);
+  {
+    const LoadedExport exp = load_export(export_dir);
+    build(exp.model_config, exp.weights, threads, where);
+  }
+#ifdef __GLIBC__
+  // The file's tensors and the packing's temporaries, freed now, sit in pieces that glibc
+  // keeps for reuse: handing them back leaves the process the model's size (0.2 GB less at
+  // OPUS-MT's).
+  malloc_trim(0);
+#endif
 }
 
 Engine::Engine(const std::string& model_config_json, const Weights& weights, int64_t threads,

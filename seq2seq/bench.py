@@ -124,6 +124,7 @@ class BusyCores:
 def run_case(translator, sources: list[list[int]], case: Case, opts: DecodingOptions) -> dict:
     opts = replace(opts, beam_size=case.beam_size, n_best=1)
     translator.decode_ids(sources[: case.batch], opts)  # warm-up: first-call allocations
+    resident = rss_bytes() / 2**20  # the process with the model loaded and warmed up
     latencies, outputs = [], []
     with MemorySampler() as memory:
         started = time.perf_counter()
@@ -137,7 +138,8 @@ def run_case(translator, sources: list[list[int]], case: Case, opts: DecodingOpt
     qs = statistics.quantiles(latencies, n=10) if len(latencies) > 1 else [latencies[0]] * 9
     return {"sentences_per_s": len(sources) / seconds, "tokens_per_s": out_tokens / seconds,
             "p50_ms": 1000 * statistics.median(latencies), "p90_ms": 1000 * qs[8], "seconds": seconds,
-            "peak_memory_mb": memory.above_start_mb, "output_tokens": out_tokens, "outputs": outputs}
+            "peak_memory_mb": memory.above_start_mb, "resident_mb": resident, "output_tokens": out_tokens,
+            "outputs": outputs}
 
 
 def decoder_step_weights(model: torch.nn.Module) -> int:
@@ -274,8 +276,8 @@ def peer_ratio(row: dict, backend: str) -> str:
 
 
 def markdown(results: dict, cases: list[Case]) -> str:
-    lines = ["| case | backend | sentences/s | tokens/s | p50 ms | p90 ms | peak memory MiB | / Python | "
-             "C++ / CTranslate2 | same output |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| case | backend | sentences/s | tokens/s | p50 ms | p90 ms | resident MiB | peak memory MiB | "
+             "/ Python | C++ / CTranslate2 | same output |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case in cases:
         row = results[case.name]
         for backend, r in row.items():
@@ -284,7 +286,8 @@ def markdown(results: dict, cases: list[Case]) -> str:
                 ratio = f"{r['sentences_per_s'] / row['python']['sentences_per_s']:.1f}x"
             peer = peer_ratio(row, backend) if backend.startswith("cpp") else ""
             lines.append(f"| {case.name} | {backend} | {r['sentences_per_s']:.1f} | {r['tokens_per_s']:.0f} | "
-                         f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['peak_memory_mb']:.0f} | {ratio} | {peer} | "
+                         f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r.get('resident_mb', 0):.0f} | "
+                         f"{r['peak_memory_mb']:.0f} | {ratio} | {peer} | "
                          f"{r.get('identical', '')} |")
     return "\n".join(lines) + "\n"
 

@@ -317,14 +317,17 @@ def ctranslate2_backends(model: str, types: list[str], threads: int, folder: Pat
     intra-op thread and with `threads`: which is faster at batch 1 depends on the machine
     (docs/bench.md), and the ratios take the faster."""
     from seq2seq.bench import Isolated
-    from seq2seq.convert import CTranslate2Decoder, convert_to_ctranslate2
-    from seq2seq.export import is_export
+    from seq2seq.convert import CTranslate2Decoder, convert_marian_to_ctranslate2, convert_to_ctranslate2
+    from seq2seq.export import is_export, read_config
 
     if not is_export(model):
         raise ValueError(f"--against ctranslate2 needs an export directory (seq2seq export), not {model}")
+    # An imported Marian model: CTranslate2's own converter, from the directory it came from.
+    marian = "marian" in read_config(Path(model))[0].get("source", {})
+    convert = convert_marian_to_ctranslate2 if marian else convert_to_ctranslate2
     backends = {}
     for t in [t for t in types if t in ("float32", "int8")]:
-        out = convert_to_ctranslate2(model, folder / f"ctranslate2-{t}", quantization=t)
+        out = convert(model, folder / f"ctranslate2-{t}", quantization=t)
         for n in sorted({1, threads}) if device == "cpu" else [1]:
             # exact_scores=False: the search alone, as the engine's timings are
             backends[f"ct2 {t} {n}t"] = Isolated(CTranslate2Decoder, model_dir=out, device=device, compute_type=t,

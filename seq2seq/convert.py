@@ -188,8 +188,45 @@ def convert_to_ctranslate2(export_dir: str | Path, out_dir: str | Path, quantiza
 # Decoding
 
 
+def convert_marian_to_ctranslate2(export_dir: str | Path, out_dir: str | Path, quantization: str = "float32") -> Path:
+    """CTranslate2's own conversion (its TransformersConverter) of the Marian directory that
+    ``seq2seq import marian`` made the export from, so that the engine is measured against
+    CTranslate2 as OPUS-MT users run it. The source's </s> is appended by CTranslate2
+    (add_source_eos), and seq2seq.json lists the token of each of the export's ids: the
+    Marian pieces CTranslate2's vocabulary holds under its own ids."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization {quantization!r} is not supported; choose one of {', '.join(QUANTIZATIONS)}")
+    exp = load_export(export_dir)
+    folder = exp.config.get("source", {}).get("marian")
+    if not folder or not Path(folder, "config.json").is_file():
+        raise ExportError(f"{exp.path}: not imported from a Marian directory that is still there (its config.json "
+                          f"\"source\" names {folder!r}); CTranslate2 converts Marian models from that directory")
+    out = Path(out_dir)
+    check_out_dir(out)
+    ctranslate2 = require_ctranslate2()
+    ctranslate2.converters.TransformersConverter(folder).convert(str(out), quantization=quantization, force=True)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config["add_source_eos"] = True
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    cfg = exp.model_cfg
+    metadata = {"converted_from": folder, "family": cfg.family, "quantization": quantization,
+                "max_positions": cfg.max_positions, "src_vocab": cfg.src_vocab, "tgt_vocab": cfg.tgt_vocab,
+                "ctranslate2_version": ctranslate2.__version__, "tokens": exp.tokenizer.tgt.vocab}
+    (out / METADATA).write_text(json.dumps(metadata, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
 def read_vocabularies(model_dir: Path) -> tuple[list[str], list[str]]:
-    """(source tokens, target tokens) by id, from CTranslate2's vocabulary files."""
+    """(source tokens, target tokens) by our token id: seq2seq.json's list for a Marian
+    conversion, else CTranslate2's vocabulary files, whose ids are ours."""
+    tokens = read_metadata(model_dir).get("tokens")
+    if tokens:
+        return tokens, tokens
+    return read_vocabularies_files(model_dir)
+
+
+def read_vocabularies_files(model_dir: Path) -> tuple[list[str], list[str]]:
+    """(source tokens, target tokens) by CTranslate2's ids."""
     def read(name):
         return json.loads((model_dir / f"{name}_vocabulary.json").read_text(encoding="utf-8"))
 
@@ -286,6 +323,11 @@ class CTranslate2Decoder:
         self.meta = read_metadata(self.path)
         self.src_tokens, self.tgt_tokens = read_vocabularies(self.path)
         self.tgt_ids = {token: i for i, token in enumerate(self.tgt_tokens)}
+        # <pad> and <bos> where CTranslate2's vocabulary has them: a Marian conversion has
+        # neither (its decoder starts from </s> with a zero embedding), and a token it lacks
+        # would suppress <unk>.
+        vocabulary = set(read_vocabularies_files(self.path)[1])
+        self.suppress = [[t] for t in (PAD_TOKEN, BOS_TOKEN) if t in vocabulary]
         self.translator = ctranslate2.Translator(str(self.path), device=device, compute_type=compute_type,
                                                  intra_threads=intra_threads, inter_threads=inter_threads)
 
@@ -341,7 +383,7 @@ class CTranslate2Decoder:
             src, beam_size=opts.beam_size, patience=1,
             num_hypotheses=opts.beam_size if self.exact_scores else opts.n_best,  # all k, to rank them again
             length_penalty=penalty, min_decoding_length=lo, max_decoding_length=hi,
-            suppress_sequences=[[PAD_TOKEN], [BOS_TOKEN]], return_scores=not self.exact_scores,
+            suppress_sequences=self.suppress, return_scores=not self.exact_scores,
             max_input_length=0)  # CTranslate2 drops the final <eos> itself
         found = [(s, tokens) for s, out in enumerate(outputs) for tokens in out.hypotheses]
         if self.exact_scores:

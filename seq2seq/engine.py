@@ -93,6 +93,11 @@ class Engine(TextTranslator):
             raise ExportError(f"{exp.path}: the C++ engine runs {' and '.join(SUPPORTED_FAMILIES)} models; "
                               f"this is a {cfg.family} model: translate it with the Python reference "
                               "(seq2seq translate --model DIR, or --backend python)")
+        # The engine reads the weights itself: the Python copy goes first (0.5 GB at OPUS-MT's
+        # size), so that the engine's load hands its memory back too, and is read again if
+        # `model` is asked for.
+        self.parameters = sum(t.numel() for t in exp.tensors.values())
+        exp.tensors = None
         try:
             self._engine = extension().Engine(str(exp.path), threads, compute_type, ops, str(device))
         except (ValueError, RuntimeError) as e:
@@ -107,7 +112,7 @@ class Engine(TextTranslator):
     def model(self):
         """The Python model of the same weights, for what decoding does not give: perplexity."""
         if self._model is None:
-            self._model = self.export.model()
+            self._model = load_export(self.export.path).model()
         return self._model
 
     def translate_ids(self, sources, opts: DecodingOptions = DecodingOptions()) -> list[list[Hypothesis]]:

@@ -264,7 +264,10 @@ def decoding_defaults(hf: dict, where: Path) -> dict:
     if longest < 1:
         raise MarianImportError(f"{where}: max_length {max_length} leaves no room for a token")
     return {"beam_size": beams, "length_penalty": "average" if penalty else "none",
-            "early_stop": hf.get("early_stopping", False) is not False or beams == 1,
+            # True: generate() stops a sentence once num_beams hypotheses have ended, as ours does;
+            # its default False is a heuristic between that and "never" (search to the end),
+            # and stopping at num_beams is the nearer rule (CTranslate2's, too).
+            "early_stop": hf.get("early_stopping", False) != "never",
             "max_length": longest, "max_length_ratio": 0.0, "min_length": max(0, hf.get("min_length", 0) - 1),
             "no_repeat_ngram_size": hf.get("no_repeat_ngram_size", 0)}
 

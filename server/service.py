@@ -67,8 +67,7 @@ class Model:
 
     def info(self):
         t = self.translator
-        params = sum(v.numel() for v in t.export.tensors.values()) if hasattr(t, "export") else \
-            sum(p.numel() for p in t.model.parameters())
+        params = t.parameters if hasattr(t, "parameters") else sum(p.numel() for p in t.model.parameters())
         return pb.ModelInfo(name=self.name, family=t.model_cfg.family, source_language=t.data_cfg.src or "",
                             target_language=t.data_cfg.tgt or "", source_vocabulary=t.model_cfg.src_vocab,
                             target_vocabulary=t.model_cfg.tgt_vocab,

@@ -328,3 +328,15 @@ def test_the_cpp_translator_translates_the_import_as_generate_does(marian):
                           input="\n".join(texts) + "\n", text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:-1] == marian.hf_tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+
+
+def test_ctranslate2s_own_conversion_decodes_the_import_as_generate_does(marian, tmp_path):
+    pytest.importorskip("ctranslate2")
+    from seq2seq.convert import CTranslate2Decoder, convert_marian_to_ctranslate2
+
+    out = convert_marian_to_ctranslate2(marian.export_dir, tmp_path / "ct2")
+    decoder = CTranslate2Decoder(out, exact_scores=False)
+    assert decoder.suppress == [], "a Marian conversion has no <pad> or <bos> to hold back"
+    theirs, _ = marian.generate(TEXTS, num_beams=1)
+    opts = DecodingOptions(**{**marian.export.decoding, "beam_size": 1})
+    assert [h[0].tokens for h in decoder.translate_ids(marian.source_ids(TEXTS), opts)] == theirs

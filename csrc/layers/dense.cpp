@@ -10,6 +10,8 @@ namespace seq2seq {
 constexpr int64_t kInt8FewRows = 2;
 // Up to this many rows the float32 product is our own kernel, on every CPU (Dense::choose_float32).
 constexpr int64_t kFloatOwnRows = 16;
+// rows x in x out from which oneDNN's float32 product beats MKL's despite its cost per call.
+constexpr int64_t kOneDnnMinWork = int64_t{1} << 19;
 // Up to this many rows the bfloat16 product is our own kernel: a decoding step of one
 // sentence or its beam, and the encoder of one source of up to 16 tokens, whose products it
 // ran in 36-39 us against MKL's 49-51 on the bf16-rounded float32 weights (Tatoeba
@@ -70,9 +72,11 @@ Dense::Dense(const at::Tensor& weight, const at::Tensor& bias, ComputeType type)
       // (in, out) in memory: MKL multiplies a batch by it directly, where the (out, in) layout
       // of nn.Linear makes it copy the whole matrix into its own layout at every call (up to
       // 40% of a batched decoding step). A lone row takes the same matrix-vector path either way.
-      wt_ = weight.t().contiguous();
       panels_ = pack_float_panels(weight);
       if (!mkl_is_fastest_here()) onednn_ = pack_onednn(weight);
+      // MKL's copy only where choose_float32 can pick MKL: without oneDNN, or for a product
+      // too small for it beyond the panels' rows (at OPUS-MT's size, 0.3 GB saved).
+      if (!onednn_.defined() || (kFloatOwnRows + 1) * in_ * out_ < kOneDnnMinWork) wt_ = weight.t().contiguous();
   }
 }
 
@@ -99,7 +103,7 @@ Dense::Kernel Dense::choose_float32(int64_t rows) const {
   if (panels_.defined() && rows <= kFloatOwnRows) return Kernel::Panels;
   // oneDNN costs about 10 us a call more than MKL, which a small product does not earn back
   // (measured per layer shape: benchmarks/linear_backends.py, docs/bench.md).
-  if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= (int64_t{1} << 19)) return Kernel::OneDnn;
+  if (onednn_.defined() && rows >= 2 && rows * in_ * out_ >= kOneDnnMinWork) return Kernel::OneDnn;
   return Kernel::Mkl;
 }
 
