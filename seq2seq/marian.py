@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from seq2seq.config import DataConfig, ModelConfig, validate_model_config
-from seq2seq.data.tokenizers import BOS, EOS, PAD, SPECIALS, UNK, PairTokenizer, SentencePieceTokenizer
+from seq2seq.data import tokenizers
+from seq2seq.data.tokenizers import BOS, SPECIALS, PairTokenizer, SentencePieceTokenizer
 
 # The activations of transformers' ACT2FN that the engine has, under ModelConfig's names.
 ACTIVATIONS = {"swish": "swish", "silu": "swish", "gelu": "gelu", "relu": "relu"}
@@ -64,15 +65,8 @@ class MarianImportError(ValueError):
 
 
 def read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MarianImportError(f"{path}: not found; a Marian model directory (as save_pretrained or "
-                                "`huggingface-cli download Helsinki-NLP/opus-mt-...` writes it) holds it") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise MarianImportError(f"{path}: unreadable ({e})") from None
-    except json.JSONDecodeError as e:
-        raise MarianImportError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    value = tokenizers.read_json(path, "not found; a Marian model directory (as save_pretrained or `huggingface-cli "
+                                       "download Helsinki-NLP/opus-mt-...` writes it) holds it", MarianImportError)
     if not isinstance(value, dict):
         raise MarianImportError(f"{path}: expected a JSON object")
     return value

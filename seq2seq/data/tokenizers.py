@@ -174,13 +174,21 @@ class WordTokenizer:
         return {"kind": self.kind, "tokens": self.tokens}
 
 
-def read_vocab(path: Path, named_in: Path) -> list[str]:
+def read_json(path: Path, missing: str, error: type[Exception] = DataError):
+    """The JSON value in ``path``; ``error`` naming the file and the problem otherwise
+    ("{path}: {missing}" when there is no such file)."""
     try:
-        vocab = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{path}: vocabulary named in {named_in} is missing") from None
+        raise error(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: unreadable ({e})") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        raise error(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def read_vocab(path: Path, named_in: Path) -> list[str]:
+    vocab = read_json(path, f"vocabulary named in {named_in} is missing")
     if not isinstance(vocab, list):
         raise DataError(f"{path}: a vocabulary is a JSON list of pieces, one per token id")
     return vocab
@@ -253,12 +261,7 @@ class PairTokenizer:
     def load(cls, folder: str | Path) -> "PairTokenizer":
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{path}: not found; a tokenizer folder holds tokenizer.json") from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        meta = read_json(path, "not found; a tokenizer folder holds tokenizer.json")
         state = {}
         for side in ("joint", "src", "tgt"):
             if side in meta:
