@@ -23,7 +23,7 @@ import sys
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from seq2seq.config import DataConfig, DecodingOptions
+from seq2seq.config import EVERY_TASK_METRICS, TASK_METRICS, DataConfig, DecodingOptions
 
 POSITIONAL = {"corpus", "files"}
 
@@ -727,7 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_translate)
 
-    p = commands.add_parser("evaluate", help="BLEU, chrF, perplexity and accuracies on a split or on files")
+    by_task = "; ".join(f"{task}: {metrics}" for task, metrics in TASK_METRICS.items())
+    p = commands.add_parser("evaluate", help="score a model on a split or on files by its task's metrics",
+                            description=f"Translates a split or files and scores the output by the model's task. "
+                                        f"{by_task}; every task: {EVERY_TASK_METRICS}.")
     add_model_flags(p)
     p.add_argument("--split", default="test", help="a split of the checkpoint's corpus (default: test)")
     p.add_argument("--data-dir", default="", help="where the corpus is (default: as in training)")

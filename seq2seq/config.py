@@ -75,9 +75,19 @@ def check_choices(config: object, choices: dict[str, tuple[str, ...]]) -> None:
             )
 
 
+# What `seq2seq evaluate` reports for each DataConfig.task (seq2seq/evaluate.py computes them).
+TASK_METRICS = {
+    "translation": "BLEU and chrF (sacreBLEU), sequence accuracy, BLEU by source length",
+    "transliteration": "word accuracy, character error rate, NEWS mean F-score, accuracy in the 5-best (beam 5 "
+                       "or more)",
+    "summarization": "ROUGE-1/2/L, BLEU, the lead baseline's ROUGE",
+}
+EVERY_TASK_METRICS = "perplexity and token accuracy (teacher-forced)"
+
+
 def validate_data_config(cfg: DataConfig) -> None:
     check_choices(cfg, {"tokenizer": ("sentencepiece", "word"), "sp_model_type": ("bpe", "unigram", "char"),
-                        "task": ("", "translation", "transliteration", "summarization")})
+                        "task": ("",) + tuple(TASK_METRICS)})
     for name in ("min_len", "max_len", "truncate_source", "val_size", "test_size", "vocab_size", "min_freq",
                  "max_tokens", "batch_size", "bucket_pool"):
         if getattr(cfg, name) < 0:

@@ -181,8 +181,10 @@ def marian_positions(n: int, d: int) -> torch.Tensor:
 def tensors(hf_weights: dict[str, torch.Tensor], cfg: ModelConfig, order: list[int], where: Path):
     """The export's tensors under seq2seq/models.py's names."""
     w = {k.removeprefix("model."): v for k, v in hf_weights.items()}
+    used = set()
 
     def get(name, shape):
+        used.add(name)
         if name not in w:
             raise MarianImportError(f"{where}: lacks tensor {name!r}; the weights and config.json come from "
                                     "different models")
@@ -241,6 +243,14 @@ def tensors(hf_weights: dict[str, torch.Tensor], cfg: ModelConfig, order: list[i
     bias = get("final_logits_bias", (1, v))[0][index] if "final_logits_bias" in w else torch.zeros(v)
     bias[BOS] = NEVER_BIAS
     out["out.bias"] = bias
+    # Copies of a tensor read above (tied or shared), and the positions transformers computes.
+    repeats = {"shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight",
+               "encoder.embed_positions.weight", "decoder.embed_positions.weight"}
+    unknown = sorted(set(w) - used - repeats)
+    if unknown:
+        raise MarianImportError(f"{where}: holds tensor(s) {unknown[:5]}, which a Marian model of its config.json "
+                                "does not have (another architecture, or options this import does not read); "
+                                "without them the model would not be the same")
     return out
 
 

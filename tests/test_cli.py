@@ -47,3 +47,18 @@ def test_errors_exit_2_with_a_message():
     run = subprocess.run([sys.executable, "-m", "seq2seq", "data", "stats", "copy", "--tokenizer", "chars"],
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 2 and "tokenizer='chars' is not valid" in run.stderr
+
+
+def test_evaluate_help_says_what_each_task_gets(capsys):
+    import pytest
+
+    from seq2seq.config import TASK_METRICS, DataConfig, validate_data_config
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for task in TASK_METRICS:
+        validate_data_config(DataConfig(task=task))  # every task the data may name
+        assert f"{task}: " in text
+    for metric in ("BLEU", "chrF", "ROUGE-1/2/L", "character error rate", "NEWS mean F-score", "perplexity"):
+        assert metric in text

@@ -166,6 +166,17 @@ def test_split_keeps_each_source_package_together(tmp_path):
     assert all(len(s.split()) > len(t.split()) for s, t in train)
 
 
+def test_a_corpus_of_one_language_needs_no_direction(tmp_path, capsys):
+    from seq2seq.cli import main
+
+    text, rows = source_family(30)
+    root = write_corpus(tmp_path, text, rows)
+    corpus = open_corpus(DataConfig(corpus=NAME, data_dir=str(root), val_size=8, test_size=8))
+    assert corpus.read("train")[0] == open_corpus(cfg(root, val_size=8, test_size=8)).read("train")[0]
+    assert main(["data", "stats", NAME, "--data-dir", str(root), "--val-size", "8", "--test-size", "8"]) == 0
+    assert "train" in capsys.readouterr().out
+
+
 def test_missing_files_say_how_to_fetch(tmp_path):
     with pytest.raises(DataError, match=rf"corpus '{NAME}' not found: looked for {tmp_path / NAME / TRANSLATION}, "
                                         rf"{tmp_path / NAME / SOURCES} in data folder {tmp_path} .*"
@@ -310,7 +321,6 @@ def test_real_corpus(shared_data):
     assert report.pairs == 54319 == len(pairs) == len(keys)
     assert len({s for s, _ in pairs}) == len(pairs)
     assert all("\n" not in s and len(s.split()) >= MIN_WORDS and t for s, t in pairs)
-    assert seconds < 10
 
     corpus = open_corpus(cfg(shared_data))
     splits = {s: corpus.read(s)[0] for s in corpus.split_names}

@@ -282,6 +282,28 @@ def test_what_the_engine_cannot_represent_is_refused_naming_the_field(saved, tmp
     assert not (tmp_path / "export").exists(), "a refused import writes nothing"
 
 
+def test_weights_the_import_would_leave_out_are_refused(saved, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = damaged(saved, tmp_path)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["model.encoder.layernorm_embedding.weight"] = torch.ones(16)  # mBART's, not Marian's
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(MarianImportError, match=r"encoder\.layernorm_embedding\.weight.*not be the same"):
+        import_marian(folder, tmp_path / "export")
+
+
+def test_a_pytorch_model_bin_imports_as_the_safetensors_file_does(saved, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = damaged(saved, tmp_path)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    a, b = load_export(import_marian(saved, tmp_path / "a")), load_export(import_marian(folder, tmp_path / "b"))
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
 def test_the_cli_imports_and_refuses(saved, tmp_path):
     run = [sys.executable, "-m", "seq2seq", "import", "marian"]
     ok = subprocess.run(run + [str(saved), str(tmp_path / "export")], capture_output=True, text=True, cwd=ROOT)

@@ -467,13 +467,15 @@ def open_corpus(cfg) -> Corpus:
     spec = REGISTRY.get(cfg.corpus)
     if spec is None:
         raise unknown_corpus(cfg.corpus)
-    if not cfg.src or not cfg.tgt:
+    # A corpus of one language (summaries of English texts) has one direction: no need to name it.
+    alone = spec.languages[0] if len(spec.languages) == 1 else ""
+    if not (cfg.src or alone) or not (cfg.tgt or alone):
         raise DataError(
             f"corpus {spec.name!r} needs a direction: pass --src and --tgt, each one of "
             + ", ".join(spec.languages)
         )
-    src = canonical_language(cfg.src, spec.name, spec.languages)
-    tgt = canonical_language(cfg.tgt, spec.name, spec.languages)
+    src = canonical_language(cfg.src or alone, spec.name, spec.languages)
+    tgt = canonical_language(cfg.tgt or alone, spec.name, spec.languages)
     if src == tgt and spec.task != "summarization":
         raise DataError(f"source and target are both {src!r}; choose two different languages")
     root = data_dir(cfg.data_dir)
