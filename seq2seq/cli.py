@@ -228,17 +228,24 @@ def load_backend(backend: str, model: str, device: str, threads: int, folder: Pa
 
 
 def cmd_evaluate(args) -> int:
-    import json
     import tempfile
+
+    decoding_options(args)  # bad options fail before the model loads
+    # A checkpoint's export lives as long as the command: the engine's Python model, which
+    # perplexity needs, is read from it when first asked for.
+    with tempfile.TemporaryDirectory() as tmp:
+        return evaluate_backends(args, Path(tmp))
+
+
+def evaluate_backends(args, tmp: Path) -> int:
+    import json
 
     from seq2seq.data import load_dataset
     from seq2seq.evaluate import evaluate, headline, markdown, parity, write_report
 
-    decoding_options(args)  # bad options fail before the model loads
     backends = ["cpp", "python"] if args.backend == "both" else [args.backend]
-    with tempfile.TemporaryDirectory() as tmp:
-        translators = {b: load_backend(b, args.model, args.device, args.threads, Path(tmp), args.compute_type)
-                       for b in backends}
+    translators = {b: load_backend(b, args.model, args.device, args.threads, tmp, args.compute_type)
+                   for b in backends}
     opts = decoding_options(args, args.model)
     first = translators[backends[0]]
     if args.src_file or args.ref_file:

@@ -112,6 +112,9 @@ class Engine(TextTranslator):
     def model(self):
         """The Python model of the same weights, for what decoding does not give: perplexity."""
         if self._model is None:
+            if not self.export.path.is_dir():
+                raise ExportError(f"{self.export.path}: gone since the engine loaded it; the Python model (for "
+                                  "perplexity) is read from the export when first asked for, so keep it in place")
             self._model = load_export(self.export.path).model()
         return self._model
 
